@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import AsyncIterator
+
+from domain.digest import Digest
+from domain.errors import BlobUnknown, BlobUploadUnknown
+from domain.names import RepositoryName
+from domain.ports import BlobStore
+
+from .files import remove_tree, storage_failure, write_atomic
+from .layout import Layout
+
+READ_CHUNK = 1 << 20
+
+
+class FilesystemBlobStore(BlobStore):
+    """Blobs and upload sessions on a local filesystem. Plain blocking I/O in the event loop is the
+    fastest choice here (see shared/FINDINGS.md); large unlinks, which can block, happen rarely."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    async def check_writable(self) -> None:
+        path = self.layout.probe_file()
+        write_atomic(path, b"ok")
+        os.unlink(path)
+
+    async def stat(self, digest: Digest) -> int | None:
+        try:
+            return os.stat(self.layout.blob_data(digest)).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    async def read(self, digest: Digest, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            f = open(self.layout.blob_data(digest), "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobUnknown(f"blob {digest} is not stored") from None
+        with f:
+            f.seek(start)
+            remaining = length if length is not None else -1
+            while remaining != 0:
+                chunk = f.read(READ_CHUNK if remaining < 0 else min(READ_CHUNK, remaining))
+                if not chunk:
+                    break
+                if remaining > 0:
+                    remaining -= len(chunk)
+                yield chunk
+
+    async def get(self, digest: Digest) -> bytes:
+        try:
+            with open(self.layout.blob_data(digest), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobUnknown(f"blob {digest} is not stored") from None
+
+    async def put(self, digest: Digest, data: bytes) -> None:
+        path = self.layout.blob_data(digest)
+        if not os.path.exists(path):
+            write_atomic(path, data)
+
+    async def delete(self, digest: Digest) -> bool:
+        return remove_tree(self.layout.blob_dir(digest))
+
+    async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at))
+        write_atomic(self.layout.upload_started(repo, upload_id), stamp.encode())
+        write_atomic(self.layout.upload_data(repo, upload_id), b"")
+
+    async def upload_size(self, repo: RepositoryName, upload_id: str) -> int | None:
+        try:
+            return os.stat(self.layout.upload_data(repo, upload_id)).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _open_session(self, repo: RepositoryName, upload_id: str, mode: str):
+        try:
+            return open(self.layout.upload_data(repo, upload_id), mode)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo}",
+                                    detail={"upload": upload_id}) from None
+
+    async def append_upload(self, repo: RepositoryName, upload_id: str, chunks: AsyncIterator[bytes]) -> int:
+        with self._open_session(repo, upload_id, "ab") as f:
+            try:
+                async for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+            except OSError as e:
+                raise storage_failure(e, f"writing upload {upload_id}") from e
+            return f.tell()
+
+    async def read_upload(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[bytes]:
+        with self._open_session(repo, upload_id, "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                yield chunk
+
+    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> None:
+        source = self.layout.upload_data(repo, upload_id)
+        target = self.layout.blob_data(digest)
+        if not os.path.exists(source):
+            raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo}", detail={"upload": upload_id})
+        try:
+            if not os.path.exists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                # Same filesystem: an atomic rename, so the blob appears whole or not at all.
+                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+                os.rename(source, tmp)
+                os.replace(tmp, target)
+        except OSError as e:
+            raise storage_failure(e, f"committing upload {upload_id} as {digest}") from e
+        remove_tree(self.layout.upload_dir(repo, upload_id))
+
+    async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
+        return remove_tree(self.layout.upload_dir(repo, upload_id))

@@ -1,0 +1,56 @@
+"""Small file operations shared by the filesystem adapters: atomic writes, link files."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+
+from domain.digest import Digest
+from domain.errors import StorageFailure
+
+
+def storage_failure(err: OSError, what: str) -> StorageFailure:
+    hint = " (the disk is full: free space under STORAGE_ROOT)" if err.errno == errno.ENOSPC else ""
+    return StorageFailure(f"storage failed while {what}: {err.strerror}{hint}")
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write a whole file so that readers see either nothing or all of it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise storage_failure(e, f"writing {os.path.basename(path)}") from e
+
+
+def write_link(path: str, digest: Digest) -> None:
+    write_atomic(path, str(digest).encode())
+
+
+def read_link(path: str) -> Digest | None:
+    try:
+        with open(path, "rb") as f:
+            text = f.read(300).decode("ascii", "replace").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        return Digest.parse(text)
+    except Exception:
+        return None
+
+
+def remove_tree(path: str) -> bool:
+    try:
+        shutil.rmtree(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False

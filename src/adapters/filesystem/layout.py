@@ -1,0 +1,99 @@
+"""The one place that knows where things live under STORAGE_ROOT. Nobody else joins paths.
+
+This is CNCF Distribution's layout, so a data directory moves between it and us without a copy:
+
+    <root>/docker/registry/v2/
+      blobs/<alg>/<first 2 hex>/<hex>/data               the bytes of every blob and manifest
+      repositories/<name>/                               <name> may have several components
+        _layers/<alg>/<hex>/link                         "alg:hex": the blob is in this repository
+        _manifests/revisions/<alg>/<hex>/link            the manifest is in this repository
+        _manifests/tags/<tag>/current/link               the digest the tag points to
+        _manifests/tags/<tag>/index/<alg>/<hex>/link     every digest the tag has pointed to
+        _uploads/<uuid>/data                             bytes received so far
+        _uploads/<uuid>/startedat                        RFC 3339 start time
+        _referrers/<alg>/<hex>/<alg>/<hex>/link          ours: manifests whose subject is <alg>:<hex>
+
+Distribution skips directories whose name starts with `_` when it walks a repository, so `_referrers`
+is invisible to it. A directory is a repository when it holds `_layers` or `_manifests`.
+Every component comes from a validated value (RepositoryName, Tag, Digest, upload uuid); `_inside`
+checks the result anyway, so no request can name a path outside the root.
+"""
+
+from __future__ import annotations
+
+import os
+
+from domain.digest import Digest
+from domain.names import RepositoryName, Tag
+
+
+class Layout:
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.v2 = os.path.join(self.root, "docker", "registry", "v2")
+        self.repositories_root = os.path.join(self.v2, "repositories")
+        self.blobs_root = os.path.join(self.v2, "blobs")
+
+    def _inside(self, path: str) -> str:
+        if not os.path.normpath(path).startswith(self.v2 + os.sep):
+            raise ValueError(f"refusing a path outside the storage root: {path!r}")
+        return path
+
+    # blobs
+    def blob_dir(self, digest: Digest) -> str:
+        return self._inside(os.path.join(self.blobs_root, digest.algorithm, digest.hex[:2], digest.hex))
+
+    def blob_data(self, digest: Digest) -> str:
+        return os.path.join(self.blob_dir(digest), "data")
+
+    # repositories
+    def repository(self, repo: RepositoryName) -> str:
+        return self._inside(os.path.join(self.repositories_root, *repo.value.split("/")))
+
+    def layers_dir(self, repo: RepositoryName) -> str:
+        return os.path.join(self.repository(repo), "_layers")
+
+    def layer_link(self, repo: RepositoryName, digest: Digest) -> str:
+        return os.path.join(self.layers_dir(repo), digest.algorithm, digest.hex, "link")
+
+    def manifests_dir(self, repo: RepositoryName) -> str:
+        return os.path.join(self.repository(repo), "_manifests")
+
+    def revision_dir(self, repo: RepositoryName, digest: Digest) -> str:
+        return os.path.join(self.manifests_dir(repo), "revisions", digest.algorithm, digest.hex)
+
+    def revision_link(self, repo: RepositoryName, digest: Digest) -> str:
+        return os.path.join(self.revision_dir(repo, digest), "link")
+
+    def tags_dir(self, repo: RepositoryName) -> str:
+        return os.path.join(self.manifests_dir(repo), "tags")
+
+    def tag_dir(self, repo: RepositoryName, tag: Tag) -> str:
+        return os.path.join(self.tags_dir(repo), tag.value)
+
+    def tag_current_link(self, repo: RepositoryName, tag: Tag) -> str:
+        return os.path.join(self.tag_dir(repo, tag), "current", "link")
+
+    def tag_index_link(self, repo: RepositoryName, tag: Tag, digest: Digest) -> str:
+        return os.path.join(self.tag_dir(repo, tag), "index", digest.algorithm, digest.hex, "link")
+
+    def upload_dir(self, repo: RepositoryName, upload_id: str) -> str:
+        return os.path.join(self.repository(repo), "_uploads", upload_id)
+
+    def upload_data(self, repo: RepositoryName, upload_id: str) -> str:
+        return os.path.join(self.upload_dir(repo, upload_id), "data")
+
+    def upload_started(self, repo: RepositoryName, upload_id: str) -> str:
+        return os.path.join(self.upload_dir(repo, upload_id), "startedat")
+
+    def referrers_dir(self, repo: RepositoryName, subject: Digest) -> str:
+        return os.path.join(self.repository(repo), "_referrers", subject.algorithm, subject.hex)
+
+    def referrer_link(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> str:
+        return os.path.join(self.referrers_dir(repo, subject), referrer.algorithm, referrer.hex, "link")
+
+    def probe_file(self) -> str:
+        return os.path.join(self.v2, f".ready-probe-{os.getpid()}")
+
+    def is_repository(self, path: str) -> bool:
+        return os.path.isdir(os.path.join(path, "_layers")) or os.path.isdir(os.path.join(path, "_manifests"))

@@ -1,0 +1,104 @@
+"""Domain errors. Each carries the OCI distribution-spec error code; the HTTP layer picks the status.
+
+The messages are written for the person running the registry and for the client's user: they say what
+was wrong and, where it helps, what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RegistryError(Exception):
+    code = "UNKNOWN"
+    default_message = "unknown error"
+
+    def __init__(self, message: str | None = None, detail: Any = None) -> None:
+        self.message = message or self.default_message
+        self.detail = detail
+        super().__init__(self.message)
+
+
+class BlobUnknown(RegistryError):
+    code = "BLOB_UNKNOWN"
+    default_message = "blob unknown to registry"
+
+
+class BlobUploadInvalid(RegistryError):
+    code = "BLOB_UPLOAD_INVALID"
+    default_message = "blob upload invalid"
+
+
+class RangeNotSatisfiable(BlobUploadInvalid):
+    """A chunk that does not start where the upload ends (or a Range outside a blob)."""
+
+    default_message = "requested range not satisfiable"
+
+
+class BlobUploadUnknown(RegistryError):
+    code = "BLOB_UPLOAD_UNKNOWN"
+    default_message = "blob upload unknown to registry"
+
+
+class DigestInvalid(RegistryError):
+    code = "DIGEST_INVALID"
+    default_message = "provided digest did not match uploaded content"
+
+
+class ManifestBlobUnknown(RegistryError):
+    code = "MANIFEST_BLOB_UNKNOWN"
+    default_message = "manifest references a blob or manifest unknown to this repository"
+
+
+class ManifestInvalid(RegistryError):
+    code = "MANIFEST_INVALID"
+    default_message = "manifest invalid"
+
+
+class ManifestUnknown(RegistryError):
+    code = "MANIFEST_UNKNOWN"
+    default_message = "manifest unknown"
+
+
+class NameInvalid(RegistryError):
+    code = "NAME_INVALID"
+    default_message = "invalid repository name"
+
+
+class NameUnknown(RegistryError):
+    code = "NAME_UNKNOWN"
+    default_message = "repository name not known to registry"
+
+
+class SizeInvalid(RegistryError):
+    code = "SIZE_INVALID"
+    default_message = "provided length did not match content length"
+
+
+class TooLarge(SizeInvalid):
+    """A body over a configured limit (manifest size, blob size)."""
+
+    default_message = "content exceeds the configured size limit"
+
+
+class Unsupported(RegistryError):
+    code = "UNSUPPORTED"
+    default_message = "the operation is unsupported"
+
+
+class TagInvalid(RegistryError):
+    # The spec has no tag code; Distribution answers MANIFEST_INVALID / 404. We say what is wrong.
+    code = "MANIFEST_INVALID"
+    default_message = "invalid tag"
+
+
+class PaginationInvalid(RegistryError):
+    code = "PAGINATION_NUMBER_INVALID"
+    default_message = "invalid number of results requested"
+
+
+class StorageFailure(RegistryError):
+    """The backing store failed (disk full, I/O error). Not the client's fault."""
+
+    code = "UNKNOWN"
+    default_message = "the registry's storage failed"

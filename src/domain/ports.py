@@ -1,0 +1,137 @@
+"""Ports: what the use-cases need from storage, declared here and implemented in `adapters/`.
+
+Two ports, because later backends split that way: blob bytes (filesystem, S3) and repository
+metadata (filesystem, PostgreSQL). Every adapter of a port passes the same contract suite
+(tests/integration/contracts/).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import AsyncIterator, Callable
+
+from .digest import Digest
+from .names import RepositoryName, Tag
+
+Clock = Callable[[], float]
+IdGenerator = Callable[[], str]
+
+
+class BlobStore(ABC):
+    """Content-addressed blobs, and the upload sessions whose bytes become blobs."""
+
+    @abstractmethod
+    async def stat(self, digest: Digest) -> int | None:
+        """The blob's size, or None when it is not stored."""
+
+    @abstractmethod
+    def read(self, digest: Digest, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The blob's bytes from `start`, `length` of them (all when None). BlobUnknown if absent."""
+
+    @abstractmethod
+    async def get(self, digest: Digest) -> bytes:
+        """A whole (small) blob, such as a manifest. BlobUnknown if absent."""
+
+    @abstractmethod
+    async def put(self, digest: Digest, data: bytes) -> None:
+        """Store small content under its digest; the caller has verified the digest. Idempotent."""
+
+    @abstractmethod
+    async def delete(self, digest: Digest) -> bool:
+        """Remove the blob's bytes; False when there were none."""
+
+    @abstractmethod
+    async def check_writable(self) -> None:
+        """Raise when the store cannot take a write now (readiness)."""
+
+    # Upload sessions belong to a repository, as in Distribution's layout.
+    @abstractmethod
+    async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None: ...
+
+    @abstractmethod
+    async def upload_size(self, repo: RepositoryName, upload_id: str) -> int | None:
+        """Bytes received so far, or None when no such session exists."""
+
+    @abstractmethod
+    async def append_upload(self, repo: RepositoryName, upload_id: str, chunks: AsyncIterator[bytes]) -> int:
+        """Append the chunks at the session's end and return its new size."""
+
+    @abstractmethod
+    def read_upload(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[bytes]:
+        """The session's bytes so far (for re-hashing when the hasher lives in another worker)."""
+
+    @abstractmethod
+    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> None:
+        """Make the session's bytes the blob `digest` (a no-op move if it exists) and end the session."""
+
+    @abstractmethod
+    async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
+        """End the session and drop its bytes; False when there was no such session."""
+
+
+class RepositoryStore(ABC):
+    """Which blobs, manifests, tags and referrers each repository has."""
+
+    @abstractmethod
+    async def exists(self, repo: RepositoryName) -> bool: ...
+
+    @abstractmethod
+    async def repositories(self) -> list[str]:
+        """Every repository's name, sorted."""
+
+    @abstractmethod
+    async def link_blob(self, repo: RepositoryName, digest: Digest) -> None: ...
+
+    @abstractmethod
+    async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool: ...
+
+    @abstractmethod
+    async def unlink_blob(self, repo: RepositoryName, digest: Digest) -> bool: ...
+
+    @abstractmethod
+    async def link_manifest(self, repo: RepositoryName, digest: Digest) -> None: ...
+
+    @abstractmethod
+    async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool: ...
+
+    @abstractmethod
+    async def unlink_manifest(self, repo: RepositoryName, digest: Digest) -> bool: ...
+
+    @abstractmethod
+    async def set_tag(self, repo: RepositoryName, tag: Tag, digest: Digest) -> None: ...
+
+    @abstractmethod
+    async def resolve_tag(self, repo: RepositoryName, tag: Tag) -> Digest | None: ...
+
+    @abstractmethod
+    async def delete_tag(self, repo: RepositoryName, tag: Tag) -> bool: ...
+
+    @abstractmethod
+    async def tags(self, repo: RepositoryName) -> list[str]:
+        """The repository's tags, sorted."""
+
+    @abstractmethod
+    async def add_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None: ...
+
+    @abstractmethod
+    async def referrers(self, repo: RepositoryName, subject: Digest) -> list[Digest]:
+        """Manifests recorded as referring to `subject` (possibly since deleted: callers check)."""
+
+    @abstractmethod
+    async def remove_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None: ...
+
+
+class ImageSource(ABC):
+    """Somewhere images can be read from outside the registry (an OCI image layout directory)."""
+
+    @abstractmethod
+    async def manifest_for(self, reference: str) -> tuple[bytes, str]:
+        """The raw bytes and media type of the top-level manifest named `reference`."""
+
+    @abstractmethod
+    async def read(self, digest: Digest) -> bytes:
+        """Small content (manifests)."""
+
+    @abstractmethod
+    def stream(self, digest: Digest) -> AsyncIterator[bytes]:
+        """A blob's bytes in chunks."""

@@ -1,0 +1,1 @@
+"""One module per use-case. Each is a small class built with the ports it needs and called with values."""

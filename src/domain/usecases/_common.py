@@ -1,0 +1,78 @@
+"""Pieces several use-cases share: limits, upload ids, the per-worker hasher cache."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from ..digest import Hasher
+from ..errors import BlobUploadUnknown, NameUnknown, TooLarge
+from ..names import RepositoryName
+from ..ports import RepositoryStore
+
+_UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_manifest_bytes: int = 4 * 1024 * 1024
+    max_blob_bytes: int = 0  # 0: no limit
+    max_manifest_references: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class UploadStatus:
+    upload_id: str
+    size: int
+
+
+def check_upload_id(upload_id: str) -> str:
+    """Session ids are uuid4 strings we made; anything else is unknown (and never reaches a path)."""
+    if not _UPLOAD_ID.fullmatch(upload_id):
+        raise BlobUploadUnknown(f"upload {upload_id[:80]!r} is not a session id this registry issues",
+                                detail={"upload": upload_id[:100]})
+    return upload_id
+
+
+async def require_repository(repos: RepositoryStore, repo: RepositoryName) -> None:
+    if not await repos.exists(repo):
+        raise NameUnknown(f"repository {repo} is not known to this registry", detail={"name": str(repo)})
+
+
+class HasherCache:
+    """Running hashes of upload sessions handled by this worker, so completing an upload needs no
+    second read of its bytes. hashlib state cannot be saved to disk, so a session continued in another
+    worker (or after a restart) falls back to re-hashing the stored bytes."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[tuple[str, str], Hasher] = OrderedDict()
+
+    def take(self, repo: RepositoryName, upload_id: str, size: int) -> Hasher | None:
+        hasher = self._items.pop((repo.value, upload_id), None)
+        return hasher if hasher is not None and hasher.size == size else None
+
+    def keep(self, repo: RepositoryName, upload_id: str, hasher: Hasher) -> None:
+        self._items[(repo.value, upload_id)] = hasher
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+    def drop(self, repo: RepositoryName, upload_id: str) -> None:
+        self._items.pop((repo.value, upload_id), None)
+
+
+async def hashed(chunks: AsyncIterator[bytes], hasher: Hasher | None, offset: int,
+                 limit: int) -> AsyncIterator[bytes]:
+    """Pass chunks through, feeding the hasher and stopping at the blob size limit."""
+    total = offset
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        total += len(chunk)
+        if limit and total > limit:
+            raise TooLarge(f"blob exceeds the registry's limit of {limit} bytes (REGISTRY_MAX_BLOB_BYTES)")
+        if hasher is not None:
+            hasher.update(chunk)
+        yield chunk

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from ..digest import Hasher
+from ..errors import BlobUploadUnknown, RangeNotSatisfiable, TooLarge
+from ..names import RepositoryName
+from ..ports import BlobStore
+from ._common import HasherCache, Limits, UploadStatus, check_upload_id, hashed
+
+
+class AppendUpload:
+    """Append a chunk to a session (PATCH). `start`, when the client sent Content-Range, must be where
+    the session ends: chunks arrive in order or not at all."""
+
+    def __init__(self, blobs: BlobStore, hashers: HasherCache, limits: Limits) -> None:
+        self.blobs, self.hashers, self.limits = blobs, hashers, limits
+
+    async def __call__(self, repo: RepositoryName, upload_id: str, chunks: AsyncIterator[bytes],
+                       start: int | None = None) -> UploadStatus:
+        check_upload_id(upload_id)
+        size = await self.blobs.upload_size(repo, upload_id)
+        if size is None:
+            raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo} (finished, cancelled or expired)",
+                                    detail={"upload": upload_id})
+        if start is not None and start != size:
+            raise RangeNotSatisfiable(
+                f"chunk starts at byte {start} but upload {upload_id} holds {size} bytes: send chunks in order",
+                detail={"upload": upload_id, "size": size, "start": start})
+        return UploadStatus(upload_id, await self.append_at(repo, upload_id, size, chunks))
+
+    async def append_at(self, repo: RepositoryName, upload_id: str, size: int,
+                        chunks: AsyncIterator[bytes]) -> int:
+        hasher = self.hashers.take(repo, upload_id, size)
+        if hasher is None and size == 0:
+            hasher = Hasher()
+        try:
+            new_size = await self.blobs.append_upload(
+                repo, upload_id, hashed(chunks, hasher, size, self.limits.max_blob_bytes))
+        except TooLarge:
+            await self.blobs.cancel_upload(repo, upload_id)
+            raise
+        if hasher is not None and hasher.size == new_size:
+            self.hashers.keep(repo, upload_id, hasher)
+        return new_size

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from ..digest import Digest, Hasher
+from ..errors import BlobUploadUnknown, DigestInvalid
+from ..names import RepositoryName
+from ..ports import BlobStore, RepositoryStore
+from ._common import HasherCache, check_upload_id
+from .append_upload import AppendUpload
+
+
+class CompleteUpload:
+    """Finish a session (PUT ?digest=), with an optional last chunk. Commit order, as in Distribution:
+    verify the digest, move the bytes into content-addressed storage, link into the repository, end the
+    session. A wrong digest stores nothing and ends the session."""
+
+    def __init__(self, blobs: BlobStore, repos: RepositoryStore, hashers: HasherCache,
+                 append: AppendUpload) -> None:
+        self.blobs, self.repos, self.hashers, self.append = blobs, repos, hashers, append
+
+    async def __call__(self, repo: RepositoryName, upload_id: str, digest: Digest,
+                       chunks: AsyncIterator[bytes] | None = None, start: int | None = None) -> int:
+        check_upload_id(upload_id)
+        size = await self.blobs.upload_size(repo, upload_id)
+        if size is None:
+            raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo} (finished, cancelled or expired)",
+                                    detail={"upload": upload_id})
+        if chunks is not None:
+            status = await self.append(repo, upload_id, chunks, start)
+            size = status.size
+        actual = await self._digest(repo, upload_id, size, digest.algorithm)
+        if actual != digest:
+            await self.blobs.cancel_upload(repo, upload_id)
+            self.hashers.drop(repo, upload_id)
+            raise DigestInvalid(f"upload {upload_id} has digest {actual}, not the {digest} the client declared",
+                                detail={"declared": str(digest), "actual": str(actual)})
+        await self.blobs.commit_upload(repo, upload_id, digest)
+        await self.repos.link_blob(repo, digest)
+        return size
+
+    async def _digest(self, repo: RepositoryName, upload_id: str, size: int, algorithm: str) -> Digest:
+        hasher = self.hashers.take(repo, upload_id, size)
+        if hasher is None or hasher.algorithm != algorithm:
+            hasher = Hasher(algorithm)
+            async for chunk in self.blobs.read_upload(repo, upload_id):
+                hasher.update(chunk)
+        return hasher.digest()

@@ -1,0 +1,1 @@
+"""Entrypoints: settings, the composition root, the Sanic app and the command-line tool."""

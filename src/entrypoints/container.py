@@ -1,0 +1,100 @@
+"""The composition root: one container wiring use-cases to adapters, used by the server, the CLI, scripts
+and the tests alike. Building it does no I/O."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from dependency_injector import containers, providers
+
+from adapters.filesystem import FilesystemBlobStore, FilesystemRepositoryStore, Layout
+from adapters.memory import MemoryBlobStore, MemoryRepositoryStore
+from domain.usecases._common import HasherCache, Limits
+from domain.usecases.append_upload import AppendUpload
+from domain.usecases.cancel_upload import CancelUpload
+from domain.usecases.complete_upload import CompleteUpload
+from domain.usecases.delete_blob import DeleteBlob
+from domain.usecases.delete_manifest import DeleteManifest
+from domain.usecases.get_manifest import GetManifest
+from domain.usecases.get_upload_status import GetUploadStatus
+from domain.usecases.import_image import ImportImage
+from domain.usecases.list_referrers import ListReferrers
+from domain.usecases.list_repositories import ListRepositories
+from domain.usecases.list_tags import ListTags
+from domain.usecases.mount_blob import MountBlob
+from domain.usecases.put_manifest import PutManifest
+from domain.usecases.read_blob import ReadBlob
+from domain.usecases.start_upload import StartUpload
+from domain.usecases.stat_blob import StatBlob
+from domain.usecases.upload_blob import UploadBlob
+
+from .settings import Settings
+
+
+class MemoryAdapters(containers.DeclarativeContainer):
+    config = providers.Configuration()
+    blobs = providers.Singleton(MemoryBlobStore)
+    repos = providers.Singleton(MemoryRepositoryStore)
+
+
+class FilesystemAdapters(containers.DeclarativeContainer):
+    config = providers.Configuration()
+    layout = providers.Singleton(Layout, config.storage_root)
+    blobs = providers.Singleton(FilesystemBlobStore, layout)
+    repos = providers.Singleton(FilesystemRepositoryStore, layout)
+
+
+ADAPTERS: dict[str, type[containers.DeclarativeContainer]] = {
+    "memory": MemoryAdapters,
+    "filesystem": FilesystemAdapters,
+}
+
+
+def _new_upload_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Configuration()
+    adapters = providers.DependenciesContainer()
+
+    limits = providers.Singleton(
+        Limits,
+        max_manifest_bytes=config.max_manifest_bytes,
+        max_blob_bytes=config.max_blob_bytes,
+        max_manifest_references=config.max_manifest_references,
+    )
+    clock = providers.Object(time.time)
+    new_upload_id = providers.Object(_new_upload_id)
+    hashers = providers.Singleton(HasherCache)
+
+    start_upload = providers.Singleton(StartUpload, adapters.blobs, clock, new_upload_id)
+    append_upload = providers.Singleton(AppendUpload, adapters.blobs, hashers, limits)
+    complete_upload = providers.Singleton(CompleteUpload, adapters.blobs, adapters.repos, hashers, append_upload)
+    upload_blob = providers.Singleton(UploadBlob, adapters.blobs, start_upload, complete_upload)
+    cancel_upload = providers.Singleton(CancelUpload, adapters.blobs, hashers)
+    get_upload_status = providers.Singleton(GetUploadStatus, adapters.blobs)
+    mount_blob = providers.Singleton(MountBlob, adapters.blobs, adapters.repos)
+    stat_blob = providers.Singleton(StatBlob, adapters.blobs, adapters.repos)
+    read_blob = providers.Singleton(ReadBlob, adapters.blobs, stat_blob)
+    delete_blob = providers.Singleton(DeleteBlob, adapters.repos)
+    put_manifest = providers.Singleton(PutManifest, adapters.blobs, adapters.repos, limits)
+    get_manifest = providers.Singleton(GetManifest, adapters.blobs, adapters.repos)
+    delete_manifest = providers.Singleton(DeleteManifest, adapters.blobs, adapters.repos)
+    list_tags = providers.Singleton(ListTags, adapters.repos)
+    list_repositories = providers.Singleton(ListRepositories, adapters.repos)
+    list_referrers = providers.Singleton(ListReferrers, adapters.blobs, adapters.repos)
+    import_image = providers.Singleton(ImportImage, adapters.blobs, adapters.repos, upload_blob, put_manifest)
+
+
+def build_container(settings: Settings | None = None) -> Container:
+    settings = settings or Settings()
+    adapters_cls = ADAPTERS.get(settings.storage)
+    if adapters_cls is None:
+        raise ValueError(f"unknown storage backend {settings.storage!r}; choose one of {sorted(ADAPTERS)}")
+    adapters = adapters_cls()
+    adapters.config.from_dict(settings.model_dump())
+    container = Container(adapters=adapters)
+    container.config.from_dict(settings.model_dump())
+    return container

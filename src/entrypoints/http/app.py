@@ -1,0 +1,46 @@
+"""The Sanic app factory. `myregistry serve` and the tests build the app the same way."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import orjson
+from sanic import Sanic
+
+from ..container import Container, build_container
+from ..settings import Settings
+from . import base, blobs, errors, health, logs, manifests, referrers, tags, uploads
+
+_counter = itertools.count()
+
+
+def create_app(settings: Settings | None = None, container: Container | None = None,
+               name: str | None = None) -> Sanic:
+    settings = settings or Settings()
+    container = container or build_container(settings)
+    # App names are process-global in Sanic; tests build many apps in one process.
+    app = Sanic(name or f"myregistry{os.getpid()}x{next(_counter)}", dumps=orjson.dumps)
+    app.config.update({
+        "REQUEST_MAX_SIZE": 1024 * 1024,  # non-streaming routes carry no real body
+        "REQUEST_BUFFER_SIZE": 1024 * 1024,
+        "REQUEST_TIMEOUT": settings.request_timeout,
+        "RESPONSE_TIMEOUT": settings.response_timeout,
+        "KEEP_ALIVE_TIMEOUT": settings.keep_alive_timeout,
+        "ACCESS_LOG": False,
+        "MOTD": False,
+        "FALLBACK_ERROR_FORMAT": "json",
+    })
+    app.ctx.container = container
+    app.ctx.settings = settings
+    for bp in (base.bp, health.bp, tags.bp, referrers.bp, uploads.bp, blobs.bp, manifests.bp):
+        app.blueprint(bp)
+    errors.install(app)
+    app.on_request(logs.begin, priority=100)
+    app.on_response(logs.on_response, priority=100)
+
+    @app.before_server_start
+    async def _setup(app: Sanic) -> None:
+        logs.configure_logging(settings.log_level)
+
+    return app

@@ -1,0 +1,83 @@
+"""The one registry from domain errors to HTTP statuses, and the OCI error body."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from sanic import HTTPResponse, Request
+from sanic.exceptions import SanicException
+
+from domain import errors as e
+
+log = logging.getLogger("myregistry")
+
+# Lookup walks the class's MRO, so subclasses inherit their parent's status unless listed.
+STATUS: dict[type[e.RegistryError], int] = {
+    e.BlobUnknown: 404,
+    e.BlobUploadInvalid: 400,
+    e.RangeNotSatisfiable: 416,
+    e.BlobUploadUnknown: 404,
+    e.DigestInvalid: 400,
+    e.ManifestBlobUnknown: 400,
+    e.ManifestInvalid: 400,
+    e.ManifestUnknown: 404,
+    e.NameInvalid: 400,
+    e.NameUnknown: 404,
+    e.SizeInvalid: 400,
+    e.TooLarge: 413,
+    e.Unsupported: 415,
+    e.TagInvalid: 400,
+    e.PaginationInvalid: 400,
+    e.StorageFailure: 503,
+}
+
+
+def status_of(err: e.RegistryError) -> int:
+    for cls in type(err).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_body(code: str, message: str, detail: object = None) -> bytes:
+    return orjson.dumps({"errors": [{"code": code, "message": message, "detail": detail}]})
+
+
+def error_response(status: int, code: str, message: str, detail: object = None,
+                   headers: dict[str, str] | None = None) -> HTTPResponse:
+    return HTTPResponse(error_body(code, message, detail), status=status, headers=headers,
+                        content_type="application/json")
+
+
+# Sanic's own errors (routing, protocol, limits) in OCI form.
+_SANIC_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED", 413: "SIZE_INVALID", 408: "TIMEOUT",
+                400: "BAD_REQUEST", 416: "RANGE_INVALID", 503: "UNAVAILABLE"}
+
+
+def install(app) -> None:
+    @app.exception(e.RegistryError)
+    async def registry_error(request: Request, err: e.RegistryError) -> HTTPResponse:
+        status = status_of(err)
+        if status >= 500:
+            log.error("storage failure: %s", err.message)
+        return error_response(status, err.code, err.message, err.detail)
+
+    @app.exception(SanicException)
+    async def sanic_error(request: Request, err: SanicException) -> HTTPResponse:
+        status = getattr(err, "status_code", 500) or 500
+        if status == 404:
+            message = f"no such endpoint: {request.method} {request.path[:200]} (see the OCI distribution spec)"
+        elif status == 405:
+            message = f"method {request.method} is not allowed on {request.path[:200]}"
+        else:
+            message = str(err) or "request failed"
+        headers = dict(getattr(err, "headers", None) or {})
+        return error_response(status, _SANIC_CODES.get(status, "UNKNOWN"), message, None, headers)
+
+    @app.exception(Exception)
+    async def unexpected(request: Request, err: Exception) -> HTTPResponse:
+        log.exception("unexpected error handling %s %s", request.method, request.path[:200])
+        rid = getattr(request.ctx, "request_id", "-")
+        return error_response(500, "UNKNOWN", f"internal error; the registry's log has the details under "
+                                              f"request id {rid}")

@@ -1,0 +1,86 @@
+"""Request ids and one JSON log line per request. Every log line written while a request is handled
+carries its id (a context variable read by a logging filter)."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sys
+import time
+import uuid
+
+import orjson
+from sanic import HTTPResponse, Request
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+access = logging.getLogger("myregistry.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", request_id_var.get()),
+            "message": record.getMessage(),
+        }
+        extra = getattr(record, "fields", None)
+        if extra:
+            out.update(extra)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out).decode()
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    for name in ("myregistry", "sanic.error", "sanic.root", "sanic.server"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def begin(request: Request) -> None:
+    given = request.headers.get("x-request-id", "")
+    rid = given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+    request.ctx.request_id = rid
+    request.ctx.started = time.perf_counter()
+    request.ctx.logged = False
+    request_id_var.set(rid)
+
+
+def finish(request: Request, status: int, nbytes: int | None) -> None:
+    """Write the request's access line once, when its response is complete."""
+    if getattr(request.ctx, "logged", True):
+        return
+    request.ctx.logged = True
+    started = getattr(request.ctx, "started", time.perf_counter())
+    access.info("request", extra={"request_id": request.ctx.request_id, "fields": {
+        "method": request.method, "path": request.path, "status": status, "bytes": nbytes,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "remote": request.remote_addr or request.ip}})
+
+
+def on_response(request: Request, response: HTTPResponse) -> None:
+    rid = getattr(request.ctx, "request_id", None)
+    if rid is None:  # an error before our request middleware ran
+        begin(request)
+        rid = request.ctx.request_id
+    response.headers["X-Request-ID"] = rid
+    response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+    if not getattr(request.ctx, "streaming", False):
+        length = response.headers.get("content-length")
+        finish(request, response.status, int(length) if length else len(response.body or b""))

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from sanic import Blueprint, HTTPResponse, Request
+
+from domain.digest import Digest
+from domain.names import RepositoryName
+
+from .params import body_chunks, content_range, digest_param, has_body, name, upload_headers
+
+bp = Blueprint("uploads")
+
+
+def _created(repo: RepositoryName, digest: Digest) -> HTTPResponse:
+    return HTTPResponse(status=201, headers={"Location": f"/v2/{repo}/blobs/{digest}",
+                                             "Docker-Content-Digest": str(digest), "Content-Length": "0"})
+
+
+@bp.route("/v2/<repo:path>/blobs/uploads/", methods=["POST"], stream=True)
+async def start_upload(request: Request, repo: str) -> HTTPResponse:
+    repo_name = name(repo)
+    uc = request.app.ctx.container
+    if "mount" in request.args:
+        digest = digest_param(request, "mount")
+        source = request.args.get("from")
+        source_name = name(source) if source else None
+        if await uc.mount_blob()(repo_name, digest, source_name) is not None:
+            return _created(repo_name, digest)
+        # A refused mount becomes an ordinary session, as every client expects.
+    elif "digest" in request.args:
+        digest = digest_param(request)
+        await uc.upload_blob()(repo_name, digest, body_chunks(request))
+        return _created(repo_name, digest)
+    session = await uc.start_upload()(repo_name)
+    return HTTPResponse(status=202, headers=upload_headers(repo_name, session.upload_id, 0))
+
+
+@bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["PATCH"], stream=True)
+async def append_upload(request: Request, repo: str, upload_id: str) -> HTTPResponse:
+    repo_name = name(repo)
+    chunk_range = content_range(request)
+    start = chunk_range[0] if chunk_range else None
+    status = await request.app.ctx.container.append_upload()(repo_name, upload_id, body_chunks(request), start)
+    return HTTPResponse(status=202, headers=upload_headers(repo_name, upload_id, status.size))
+
+
+@bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["PUT"], stream=True)
+async def complete_upload(request: Request, repo: str, upload_id: str) -> HTTPResponse:
+    repo_name = name(repo)
+    digest = digest_param(request)
+    chunk_range = content_range(request)
+    chunks = body_chunks(request) if has_body(request) else None
+    await request.app.ctx.container.complete_upload()(
+        repo_name, upload_id, digest, chunks, chunk_range[0] if chunk_range else None)
+    return _created(repo_name, digest)
+
+
+@bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["GET"])
+async def upload_status(request: Request, repo: str, upload_id: str) -> HTTPResponse:
+    repo_name = name(repo)
+    status = await request.app.ctx.container.get_upload_status()(repo_name, upload_id)
+    return HTTPResponse(status=204, headers=upload_headers(repo_name, upload_id, status.size))
+
+
+@bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["DELETE"])
+async def cancel_upload(request: Request, repo: str, upload_id: str) -> HTTPResponse:
+    await request.app.ctx.container.cancel_upload()(name(repo), upload_id)
+    return HTTPResponse(status=204)

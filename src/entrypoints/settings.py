@@ -1,0 +1,44 @@
+"""Settings from the environment: PORT and STORAGE_ROOT as the quick start names them, REGISTRY_* for
+the rest. A bad value stops the registry at start with a message naming the variable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
+
+    port: int = Field(5000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "REGISTRY_PORT"))
+    storage_root: str = Field("./data", min_length=1,
+                              validation_alias=AliasChoices("STORAGE_ROOT", "REGISTRY_STORAGE_ROOT"))
+    host: str = "0.0.0.0"
+    # filesystem: Distribution's layout under storage_root; memory: nothing kept (tests, scripts).
+    storage: Literal["filesystem", "memory"] = "filesystem"
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_blob_bytes: int = Field(0, ge=0, description="0 means no limit")
+    max_manifest_references: int = Field(10_000, ge=1)
+    # Seconds. A slow client may take as long as it keeps sending; these bound silence.
+    request_timeout: float = Field(300, gt=0)
+    response_timeout: float = Field(600, gt=0)
+    keep_alive_timeout: float = Field(120, gt=0)
+
+
+def describe_error(err: Exception) -> str:
+    """A pydantic ValidationError as lines naming the environment variable to fix."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    aliases = {"port": "PORT", "storage_root": "STORAGE_ROOT"}
+    lines = ["invalid settings:"]
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        var = aliases.get(field, "REGISTRY_" + field.upper())
+        lines.append(f"  {var}={e.get('input')!r}: {e['msg']}")
+    return "\n".join(lines)
