@@ -24,6 +24,7 @@ def serve(args: argparse.Namespace) -> None:
     from sanic.worker.loader import AppLoader
 
     from .http.app import create_app
+    from .http.protocol import RegistryHttpProtocol
 
     settings = _settings()
     if args.port:
@@ -31,7 +32,8 @@ def serve(args: argparse.Namespace) -> None:
     loader = AppLoader(factory=partial(create_app, settings, None, "myregistry"))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
-                single_process=settings.workers == 1, access_log=False, motd=False)
+                single_process=settings.workers == 1, access_log=False, motd=False,
+                protocol=RegistryHttpProtocol)
     print(f"myregistry: serving {settings.storage} storage at {settings.storage_root} on "
           f"http://{settings.host}:{settings.port} with {settings.workers} worker(s)", flush=True)
     Sanic.serve(primary=app, app_loader=loader)

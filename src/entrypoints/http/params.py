@@ -70,6 +70,13 @@ def has_body(request: Request) -> bool:
     return "chunked" in request.headers.get("transfer-encoding", "").lower()
 
 
+async def drain(request: Request) -> None:
+    """Read and drop an unused streamed body, so the connection can carry the next request."""
+    if request.stream is not None:
+        while await request.stream.read() is not None:
+            pass
+
+
 async def body_chunks(request: Request) -> AsyncIterator[bytes]:
     """The request body as it arrives; it is never held whole."""
     while True:

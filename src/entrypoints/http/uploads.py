@@ -1,17 +1,18 @@
 from __future__ import annotations
 
 from sanic import Blueprint, HTTPResponse, Request
+from sanic.response import empty
 
 from domain.digest import Digest
 from domain.names import RepositoryName
 
-from .params import body_chunks, content_range, digest_param, has_body, name, upload_headers
+from .params import body_chunks, content_range, digest_param, drain, has_body, name, upload_headers
 
 bp = Blueprint("uploads")
 
 
 def _created(repo: RepositoryName, digest: Digest) -> HTTPResponse:
-    return HTTPResponse(status=201, headers={"Location": f"/v2/{repo}/blobs/{digest}",
+    return empty(201, headers={"Location": f"/v2/{repo}/blobs/{digest}",
                                              "Docker-Content-Digest": str(digest), "Content-Length": "0"})
 
 
@@ -30,8 +31,9 @@ async def start_upload(request: Request, repo: str) -> HTTPResponse:
         digest = digest_param(request)
         await uc.upload_blob()(repo_name, digest, body_chunks(request))
         return _created(repo_name, digest)
+    await drain(request)
     session = await uc.start_upload()(repo_name)
-    return HTTPResponse(status=202, headers=upload_headers(repo_name, session.upload_id, 0))
+    return empty(202, headers=upload_headers(repo_name, session.upload_id, 0))
 
 
 @bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["PATCH"], stream=True)
@@ -40,7 +42,7 @@ async def append_upload(request: Request, repo: str, upload_id: str) -> HTTPResp
     chunk_range = content_range(request)
     start = chunk_range[0] if chunk_range else None
     status = await request.app.ctx.container.append_upload()(repo_name, upload_id, body_chunks(request), start)
-    return HTTPResponse(status=202, headers=upload_headers(repo_name, upload_id, status.size))
+    return empty(202, headers=upload_headers(repo_name, upload_id, status.size))
 
 
 @bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["PUT"], stream=True)
@@ -51,6 +53,7 @@ async def complete_upload(request: Request, repo: str, upload_id: str) -> HTTPRe
     chunks = body_chunks(request) if has_body(request) else None
     await request.app.ctx.container.complete_upload()(
         repo_name, upload_id, digest, chunks, chunk_range[0] if chunk_range else None)
+    await drain(request)
     return _created(repo_name, digest)
 
 
@@ -58,10 +61,10 @@ async def complete_upload(request: Request, repo: str, upload_id: str) -> HTTPRe
 async def upload_status(request: Request, repo: str, upload_id: str) -> HTTPResponse:
     repo_name = name(repo)
     status = await request.app.ctx.container.get_upload_status()(repo_name, upload_id)
-    return HTTPResponse(status=204, headers=upload_headers(repo_name, upload_id, status.size))
+    return empty(204, headers=upload_headers(repo_name, upload_id, status.size))
 
 
 @bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["DELETE"])
 async def cancel_upload(request: Request, repo: str, upload_id: str) -> HTTPResponse:
     await request.app.ctx.container.cancel_upload()(name(repo), upload_id)
-    return HTTPResponse(status=204)
+    return empty(204)

@@ -1,0 +1,112 @@
+import asyncio
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from domain.digest import Digest
+from domain.errors import BlobUnknown, BlobUploadUnknown
+from domain.names import RepositoryName
+
+R = RepositoryName("lib/x")
+UID = "0b7f4a1e-3f0c-4a8e-9a55-0123456789ab"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def gen(*chunks):
+    for c in chunks:
+        yield c
+
+
+async def collect(it):
+    return b"".join([c async for c in it])
+
+
+def test_put_get_stat_delete(blob_store):
+    data = bytes(range(256)) * 10  # not UTF-8
+    d = Digest.of(data)
+    assert run(blob_store.stat(d)) is None
+    run(blob_store.put(d, data))
+    run(blob_store.put(d, data))  # idempotent
+    assert run(blob_store.stat(d)) == len(data)
+    assert run(blob_store.get(d)) == data
+    assert run(collect(blob_store.read(d))) == data
+    assert run(blob_store.delete(d)) is True
+    assert run(blob_store.delete(d)) is False
+    with pytest.raises(BlobUnknown):
+        run(blob_store.get(d))
+    with pytest.raises(BlobUnknown):
+        run(collect(blob_store.read(d)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(min_size=1, max_size=3 << 20), st.data())
+def test_read_at_offsets(blob_store, data, draw):
+    d = Digest.of(data)
+    run(blob_store.put(d, data))
+    start = draw.draw(st.integers(0, len(data) - 1))
+    length = draw.draw(st.one_of(st.none(), st.integers(0, len(data) - start)))
+    expected = data[start:] if length is None else data[start:start + length]
+    assert run(collect(blob_store.read(d, start, length))) == expected
+
+
+def test_upload_append_across_sessions_and_commit(blob_store):
+    run(blob_store.create_upload(R, UID, 1_700_000_000.0))
+    assert run(blob_store.upload_size(R, UID)) == 0
+    assert run(blob_store.append_upload(R, UID, gen(b"ab", b"cd"))) == 4
+    assert run(blob_store.append_upload(R, UID, gen(b"\xff\x00"))) == 6
+    assert run(collect(blob_store.read_upload(R, UID))) == b"abcd\xff\x00"
+    d = Digest.of(b"abcd\xff\x00")
+    run(blob_store.commit_upload(R, UID, d))
+    assert run(blob_store.get(d)) == b"abcd\xff\x00"
+    assert run(blob_store.upload_size(R, UID)) is None
+    with pytest.raises(BlobUploadUnknown):
+        run(blob_store.append_upload(R, UID, gen(b"x")))
+
+
+def test_commit_of_existing_blob_keeps_it(blob_store):
+    d = Digest.of(b"same")
+    run(blob_store.put(d, b"same"))
+    run(blob_store.create_upload(R, UID, 0.0))
+    run(blob_store.append_upload(R, UID, gen(b"same")))
+    run(blob_store.commit_upload(R, UID, d))
+    assert run(blob_store.get(d)) == b"same"
+    assert run(blob_store.upload_size(R, UID)) is None
+
+
+def test_cancel(blob_store):
+    run(blob_store.create_upload(R, UID, 0.0))
+    run(blob_store.append_upload(R, UID, gen(b"abc")))
+    assert run(blob_store.cancel_upload(R, UID)) is True
+    assert run(blob_store.cancel_upload(R, UID)) is False
+    assert run(blob_store.upload_size(R, UID)) is None
+
+
+def test_sessions_are_per_repository(blob_store):
+    run(blob_store.create_upload(R, UID, 0.0))
+    assert run(blob_store.upload_size(RepositoryName("other"), UID)) is None
+
+
+def test_concurrent_sessions_do_not_mix(blob_store):
+    ids = [f"0b7f4a1e-3f0c-4a8e-9a55-0123456789{i:02x}" for i in range(8)]
+
+    async def one(i, uid):
+        await blob_store.create_upload(R, uid, 0.0)
+        for _ in range(5):
+            await blob_store.append_upload(R, uid, gen(bytes([i]) * 1000))
+            await asyncio.sleep(0)
+        return await collect(blob_store.read_upload(R, uid))
+
+    async def all_():
+        return await asyncio.gather(*(one(i, uid) for i, uid in enumerate(ids)))
+    for i, data in enumerate(run(all_())):
+        assert data == bytes([i]) * 5000
+    for uid in ids:
+        run(blob_store.cancel_upload(R, uid))
+
+
+def test_writable(blob_store):
+    run(blob_store.check_writable())

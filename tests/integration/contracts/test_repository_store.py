@@ -1,0 +1,56 @@
+import asyncio
+
+from domain.digest import Digest
+from domain.names import RepositoryName, Tag
+
+R = RepositoryName("lib/x")
+D1, D2, D3 = Digest.of(b"1"), Digest.of(b"2"), Digest.of(b"3")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_blob_links(repo_store):
+    assert not run(repo_store.exists(R))
+    run(repo_store.link_blob(R, D1))
+    assert run(repo_store.exists(R))
+    assert run(repo_store.blob_linked(R, D1)) and not run(repo_store.blob_linked(R, D2))
+    assert not run(repo_store.blob_linked(RepositoryName("lib"), D1))
+    assert run(repo_store.unlink_blob(R, D1)) and not run(repo_store.unlink_blob(R, D1))
+    assert not run(repo_store.blob_linked(R, D1))
+
+
+def test_manifest_links(repo_store):
+    run(repo_store.link_manifest(R, D1))
+    assert run(repo_store.manifest_linked(R, D1)) and not run(repo_store.manifest_linked(R, D2))
+    assert run(repo_store.unlink_manifest(R, D1)) and not run(repo_store.unlink_manifest(R, D1))
+
+
+def test_tags_move_and_delete(repo_store):
+    run(repo_store.link_manifest(R, D1))
+    run(repo_store.set_tag(R, Tag("v1"), D1))
+    run(repo_store.set_tag(R, Tag("A_b.c-d"), D1))
+    assert run(repo_store.resolve_tag(R, Tag("v1"))) == D1
+    run(repo_store.set_tag(R, Tag("v1"), D2))
+    assert run(repo_store.resolve_tag(R, Tag("v1"))) == D2
+    assert run(repo_store.tags(R)) == ["A_b.c-d", "v1"]
+    assert run(repo_store.delete_tag(R, Tag("v1"))) and not run(repo_store.delete_tag(R, Tag("v1")))
+    assert run(repo_store.resolve_tag(R, Tag("v1"))) is None
+    assert run(repo_store.tags(RepositoryName("none"))) == []
+
+
+def test_repositories_sorted_nested(repo_store):
+    for name in ["b", "a/b/c", "a", "a/b", "z-z/q"]:
+        run(repo_store.link_blob(RepositoryName(name), D1))
+    assert run(repo_store.repositories()) == ["a", "a/b", "a/b/c", "b", "z-z/q"]
+
+
+def test_referrers(repo_store):
+    run(repo_store.add_referrer(R, D1, D2))
+    run(repo_store.add_referrer(R, D1, D3))
+    run(repo_store.add_referrer(R, D1, D3))
+    assert run(repo_store.referrers(R, D1)) == sorted([D2, D3])
+    assert run(repo_store.referrers(RepositoryName("other"), D1)) == []
+    run(repo_store.remove_referrer(R, D1, D2))
+    assert run(repo_store.referrers(R, D1)) == [D3]
