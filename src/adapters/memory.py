@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from domain.digest import Digest
 from domain.errors import BlobUnknown, BlobUploadUnknown

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import DigestInvalid
 
@@ -21,7 +21,7 @@ class Digest:
     hex: str
 
     @classmethod
-    def parse(cls, text: str) -> "Digest":
+    def parse(cls, text: str) -> Digest:
         if not isinstance(text, str) or len(text) > 256 or not _GRAMMAR.fullmatch(text):
             raise DigestInvalid(f"invalid digest {text!r}: expected algorithm:hex, e.g. sha256:<64 hex>",
                                 detail={"digest": str(text)[:300]})
@@ -36,7 +36,7 @@ class Digest:
         return cls(algorithm, encoded)
 
     @classmethod
-    def of(cls, data: bytes, algorithm: str = "sha256") -> "Digest":
+    def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
 
     def __str__(self) -> str:
@@ -64,7 +64,7 @@ class Hasher:
         self._h.update(chunk)
         self.size += len(chunk)
 
-    def copy(self) -> "Hasher":
+    def copy(self) -> Hasher:
         other = Hasher.__new__(Hasher)
         other.algorithm, other._h, other.size = self.algorithm, self._h.copy(), self.size
         return other

@@ -19,7 +19,7 @@ class RepositoryName:
     value: str
 
     @classmethod
-    def parse(cls, text: str) -> "RepositoryName":
+    def parse(cls, text: str) -> RepositoryName:
         if len(text) > MAX_NAME_LENGTH:
             raise NameInvalid(f"repository name is {len(text)} characters long; the limit is {MAX_NAME_LENGTH}",
                               detail={"name": text[:300]})
@@ -38,7 +38,7 @@ class Tag:
     value: str
 
     @classmethod
-    def parse(cls, text: str) -> "Tag":
+    def parse(cls, text: str) -> Tag:
         if not _TAG.fullmatch(text):
             raise TagInvalid(f"invalid tag {text[:200]!r}: up to 128 of [A-Za-z0-9_.-], not starting with . or -",
                              detail={"tag": text[:300]})

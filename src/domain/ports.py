@@ -8,7 +8,7 @@ metadata (filesystem, PostgreSQL). Every adapter of a port passes the same contr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from .digest import Digest
 from .names import RepositoryName, Tag

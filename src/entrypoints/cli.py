@@ -24,9 +24,11 @@ def serve(args: argparse.Namespace) -> None:
     from sanic.worker.loader import AppLoader
 
     from .http.app import create_app
+    from .http.logs import configure_logging
     from .http.protocol import RegistryHttpProtocol
 
     settings = _settings()
+    configure_logging(settings.log_level)
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
     loader = AppLoader(factory=partial(create_app, settings, None, "myregistry"))

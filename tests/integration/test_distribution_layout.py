@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import free_port, make_image, make_index, require_tool, sha256, start_server, write_layout
 
-from .test_clients import blobs_of_layout, sh
+from .test_clients import sh
 
 pytestmark = pytest.mark.distribution
 

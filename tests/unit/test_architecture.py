@@ -13,3 +13,9 @@ def test_layers_are_respected():
                             env={**os.environ, "PYTHONPATH": os.path.join(REPO_ROOT, "src")})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 kept, 0 broken" in result.stdout
+
+
+def test_code_is_lint_clean():
+    ruff = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
+    result = subprocess.run([ruff, "check", "src", "tests"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -6,8 +6,14 @@ from hypothesis import strategies as st
 
 from domain.digest import Digest
 from domain.errors import ManifestInvalid, Unsupported
-from domain.manifest import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, media_type_of,
-                             parse_manifest)
+from domain.manifest import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    media_type_of,
+    parse_manifest,
+)
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -186,8 +186,8 @@ def test_referrers(uc):
 
     def artifact(kind):
         return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": kind,
-                           "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": str(Digest.of(config)),
-                                      "size": 2}, "layers": [],
+                           "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                                      "digest": str(Digest.of(config)), "size": 2}, "layers": [],
                            "subject": {"mediaType": OCI_MANIFEST, "digest": str(subject), "size": len(image.manifest)},
                            "annotations": {"kind": kind}}).encode()
     sig, sbom = artifact("application/x.sig"), artifact("application/x.sbom")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from domain.digest import Digest
 from domain.errors import BlobUnknown, BlobUploadUnknown

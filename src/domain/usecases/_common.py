@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from ..digest import Hasher
 from ..errors import BlobUploadUnknown, NameUnknown, TooLarge

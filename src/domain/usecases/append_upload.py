@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from ..digest import Hasher
 from ..errors import BlobUploadUnknown, RangeNotSatisfiable, TooLarge

@@ -24,6 +24,7 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,
             "request_id": getattr(record, "request_id", request_id_var.get()),
             "message": record.getMessage(),
         }

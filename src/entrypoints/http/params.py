@@ -4,7 +4,7 @@ and the few response shapes the blueprints share."""
 from __future__ import annotations
 
 import re
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from sanic import Request
