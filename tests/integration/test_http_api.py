@@ -376,7 +376,7 @@ class TestBadInput:
 
     def test_unknown_route_and_method(self, client):
         r = client.get("/v2/a/unknown/thing")
-        assert r.status_code == 404 and error_code(r) == "NOT_FOUND"
+        assert r.status_code == 404 and error_code(r) == "UNSUPPORTED"
         r = client.post("/v2/a/tags/list")
         assert r.status_code == 405 and error_code(r) == "UNSUPPORTED"
         r = client.put(f"/v2/a/blobs/{sha256(b'x')}")

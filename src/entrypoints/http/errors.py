@@ -50,9 +50,13 @@ def error_response(status: int, code: str, message: str, detail: object = None,
                         content_type="application/json")
 
 
-# Sanic's own errors (routing, protocol, limits) in OCI form.
-_SANIC_CODES = {404: "NOT_FOUND", 405: "UNSUPPORTED", 413: "SIZE_INVALID", 408: "TIMEOUT",
-                400: "BAD_REQUEST", 416: "RANGE_INVALID", 503: "UNAVAILABLE"}
+# Sanic's own errors (routing, protocol, limits) in OCI form, with the spec's codes: an unknown route or
+# method is an unsupported operation; a body over a limit is a size error; anything else on our side
+# is UNKNOWN (Docker's code for server errors).
+def _sanic_code(status: int) -> str:
+    if status == 413:
+        return "SIZE_INVALID"
+    return "UNSUPPORTED" if status < 500 else "UNKNOWN"
 
 
 def install(app) -> None:
@@ -73,7 +77,7 @@ def install(app) -> None:
         else:
             message = str(err) or "request failed"
         headers = dict(getattr(err, "headers", None) or {})
-        return error_response(status, _SANIC_CODES.get(status, "UNKNOWN"), message, None, headers)
+        return error_response(status, _sanic_code(status), message, None, headers)
 
     @app.exception(Exception)
     async def unexpected(request: Request, err: Exception) -> HTTPResponse:
