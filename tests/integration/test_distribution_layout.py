@@ -3,6 +3,7 @@ image, byte-identical. Uses Debian's docker-registry (Distribution 2.8.2) and sk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -104,35 +105,30 @@ def _tools():
     require_tool("skopeo")
 
 
-def test_distribution_data_is_served_by_us(tmp_path):
-    layouts = images(tmp_path)
-    root = str(tmp_path / "data")
-    dist = Distribution(root, str(tmp_path))
-    try:
-        served = push_all(dist.port, layouts)
-    finally:
-        dist.stop()
-    ours = start_server(root, str(tmp_path / "ours.log"))
-    try:
-        pull_all(ours.port, layouts, served, tmp_path / "pulled")
-        catalog = httpx.get(f"{ours.url}/v2/_catalog").json()["repositories"]
-        assert catalog == ["lib/multi", "lib/one", "other/v2s2"]
-    finally:
-        ours.stop()
+@contextlib.contextmanager
+def serving(kind: str, root: str, workdir):
+    """A registry of either kind on `root`; yields its port."""
+    if kind == "distribution":
+        dist = Distribution(root, str(workdir))
+        try:
+            yield dist.port
+        finally:
+            dist.stop()
+    else:
+        ours = start_server(root, str(workdir / "ours.log"))
+        try:
+            yield ours.port
+        finally:
+            ours.stop()
 
 
-def test_our_data_is_served_by_distribution(tmp_path):
+@pytest.mark.parametrize("writer, reader", [("distribution", "ours"), ("ours", "distribution")])
+def test_data_written_by_one_is_served_by_the_other(tmp_path, writer, reader):
     layouts = images(tmp_path)
     root = str(tmp_path / "data")
-    ours = start_server(root, str(tmp_path / "ours.log"))
-    try:
-        served = push_all(ours.port, layouts)
-    finally:
-        ours.stop()
-    dist = Distribution(root, str(tmp_path))
-    try:
-        pull_all(dist.port, layouts, served, tmp_path / "pulled")
-        catalog = httpx.get(f"http://127.0.0.1:{dist.port}/v2/_catalog").json()["repositories"]
+    with serving(writer, root, tmp_path) as port:
+        served = push_all(port, layouts)
+    with serving(reader, root, tmp_path) as port:
+        pull_all(port, layouts, served, tmp_path / "pulled")
+        catalog = httpx.get(f"http://127.0.0.1:{port}/v2/_catalog").json()["repositories"]
         assert catalog == ["lib/multi", "lib/one", "other/v2s2"]
-    finally:
-        dist.stop()
