@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from functools import partial
 
@@ -36,8 +38,9 @@ def serve(args: argparse.Namespace) -> None:
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
                 single_process=settings.workers == 1, access_log=False, motd=False,
                 protocol=RegistryHttpProtocol)
-    print(f"myregistry: serving {settings.storage} storage at {settings.storage_root} on "
-          f"http://{settings.host}:{settings.port} with {settings.workers} worker(s)", flush=True)
+    logging.getLogger("myregistry").info(
+        "serving %s storage at %s on http://%s:%s with %s worker(s)", settings.storage,
+        os.path.abspath(settings.storage_root), settings.host, settings.port, settings.workers)
     Sanic.serve(primary=app, app_loader=loader)
 
 

@@ -19,8 +19,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                name: str | None = None) -> Sanic:
     settings = settings or Settings()
     container = container or build_container(settings)
+    logs.configure_logging(settings.log_level)
     # App names are process-global in Sanic; tests build many apps in one process.
-    app = Sanic(name or f"myregistry{os.getpid()}x{next(_counter)}", dumps=orjson.dumps)
+    app = Sanic(name or f"myregistry{os.getpid()}x{next(_counter)}", dumps=orjson.dumps, configure_logging=False)
     app.config.update({
         "REQUEST_MAX_SIZE": 1024 * 1024,  # non-streaming routes carry no real body
         "REQUEST_BUFFER_SIZE": 1024 * 1024,
@@ -38,9 +39,5 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     errors.install(app)
     app.on_request(logs.begin, priority=100)
     app.on_response(logs.on_response, priority=100)
-
-    @app.before_server_start
-    async def _setup(app: Sanic) -> None:
-        logs.configure_logging(settings.log_level)
 
     return app
