@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from domain.digest import Digest
-from domain.errors import BlobUnknown, BlobUploadUnknown
+from domain.errors import BlobUnknown, BlobUploadUnknown, CollectionRunning
 from domain.names import RepositoryName, Tag
-from domain.ports import BlobStore, RepositoryStore
+from domain.ports import BlobInfo, BlobStore, Clock, Locks, RepositoryStore, UploadInfo
 
 _CHUNK = 1 << 20
 
 
 class MemoryBlobStore(BlobStore):
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
         self.blobs: dict[Digest, bytes] = {}
+        self.used: dict[Digest, float] = {}
         self.uploads: dict[tuple[str, str], bytearray] = {}
-        self.upload_started: dict[tuple[str, str], float] = {}
+        self.upload_modified: dict[tuple[str, str], float] = {}
 
     async def check_writable(self) -> None:
         return None
@@ -42,13 +47,38 @@ class MemoryBlobStore(BlobStore):
 
     async def put(self, digest: Digest, data: bytes) -> None:
         self.blobs.setdefault(digest, bytes(data))
+        self.used[digest] = self.clock()
 
     async def delete(self, digest: Digest) -> bool:
+        self.used.pop(digest, None)
         return self.blobs.pop(digest, None) is not None
+
+    async def touch(self, digest: Digest) -> bool:
+        if digest not in self.blobs:
+            return False
+        self.used[digest] = self.clock()
+        return True
+
+    async def info(self, digest: Digest) -> BlobInfo | None:
+        data = self.blobs.get(digest)
+        return None if data is None else BlobInfo(digest, len(data), self.used[digest])
+
+    async def all_blobs(self) -> AsyncIterator[BlobInfo]:
+        for digest in list(self.blobs):
+            info = await self.info(digest)
+            if info is not None:
+                yield info
+
+    async def all_uploads(self) -> AsyncIterator[UploadInfo]:
+        for (repo, upload_id), modified in list(self.upload_modified.items()):
+            yield UploadInfo(RepositoryName(repo), upload_id, modified)
+
+    async def has_uploads(self, repo: RepositoryName) -> bool:
+        return any(key[0] == repo.value for key in self.uploads)
 
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
         self.uploads[(repo.value, upload_id)] = bytearray()
-        self.upload_started[(repo.value, upload_id)] = started_at
+        self.upload_modified[(repo.value, upload_id)] = started_at
 
     async def upload_size(self, repo: RepositoryName, upload_id: str) -> int | None:
         data = self.uploads.get((repo.value, upload_id))
@@ -64,6 +94,7 @@ class MemoryBlobStore(BlobStore):
         data = self._session(repo, upload_id)
         async for chunk in chunks:
             data += chunk
+            self.upload_modified[(repo.value, upload_id)] = self.clock()
         return len(data)
 
     async def read_upload(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[bytes]:
@@ -74,17 +105,19 @@ class MemoryBlobStore(BlobStore):
     async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> None:
         data = self._session(repo, upload_id)
         self.blobs.setdefault(digest, bytes(data))
+        self.used[digest] = self.clock()
         await self.cancel_upload(repo, upload_id)
 
     async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
-        self.upload_started.pop((repo.value, upload_id), None)
+        self.upload_modified.pop((repo.value, upload_id), None)
         return self.uploads.pop((repo.value, upload_id), None) is not None
 
 
 class MemoryRepositoryStore(RepositoryStore):
-    def __init__(self) -> None:
-        self.layers: dict[str, set[Digest]] = defaultdict(set)
-        self.manifests: dict[str, set[Digest]] = defaultdict(set)
+    def __init__(self, clock: Clock = time.time) -> None:
+        self.clock = clock
+        self.layers: dict[str, dict[Digest, float]] = defaultdict(dict)
+        self.manifests: dict[str, dict[Digest, float]] = defaultdict(dict)
         self.tag_map: dict[str, dict[str, Digest]] = defaultdict(dict)
         self.referrer_map: dict[tuple[str, Digest], set[Digest]] = defaultdict(set)
 
@@ -94,31 +127,40 @@ class MemoryRepositoryStore(RepositoryStore):
     async def repositories(self) -> list[str]:
         return sorted(set(self.layers) | set(self.manifests))
 
+    async def has_manifests(self, repo: RepositoryName) -> bool:
+        return bool(self.manifests.get(repo.value))
+
+    async def delete_repository(self, repo: RepositoryName) -> bool:
+        existed = await self.exists(repo)
+        for table in (self.layers, self.manifests, self.tag_map):
+            table.pop(repo.value, None)
+        for key in [k for k in self.referrer_map if k[0] == repo.value]:
+            del self.referrer_map[key]
+        return existed
+
     async def link_blob(self, repo: RepositoryName, digest: Digest) -> None:
-        self.layers[repo.value].add(digest)
+        self.layers[repo.value][digest] = self.clock()
 
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return digest in self.layers.get(repo.value, ())
 
+    async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
+        return dict(self.layers.get(repo.value, {}))
+
     async def unlink_blob(self, repo: RepositoryName, digest: Digest) -> bool:
-        linked = self.layers.get(repo.value, set())
-        if digest not in linked:
-            return False
-        linked.discard(digest)
-        return True
+        return self.layers.get(repo.value, {}).pop(digest, None) is not None
 
     async def link_manifest(self, repo: RepositoryName, digest: Digest) -> None:
-        self.manifests[repo.value].add(digest)
+        self.manifests[repo.value][digest] = self.clock()
 
     async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return digest in self.manifests.get(repo.value, ())
 
+    async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
+        return dict(self.manifests.get(repo.value, {}))
+
     async def unlink_manifest(self, repo: RepositoryName, digest: Digest) -> bool:
-        linked = self.manifests.get(repo.value, set())
-        if digest not in linked:
-            return False
-        linked.discard(digest)
-        return True
+        return self.manifests.get(repo.value, {}).pop(digest, None) is not None
 
     async def set_tag(self, repo: RepositoryName, tag: Tag, digest: Digest) -> None:
         self.tag_map[repo.value][tag.value] = digest
@@ -140,3 +182,59 @@ class MemoryRepositoryStore(RepositoryStore):
 
     async def remove_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
         self.referrer_map.get((repo.value, subject), set()).discard(referrer)
+
+
+class MemoryLocks(Locks):
+    """The Locks port within one process: a readers-writer lock that lets a waiting collector in first."""
+
+    def __init__(self) -> None:
+        self._collecting = False
+        self._readers = 0
+        self._writer = False
+        self._writer_waiting = 0
+        self._condition: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def _changed(self) -> asyncio.Condition:
+        # One condition per event loop: scripts and tests may run several loops in turn.
+        loop = asyncio.get_running_loop()
+        if self._condition is None or self._loop is not loop:
+            self._condition, self._loop = asyncio.Condition(), loop
+        return self._condition
+
+    @asynccontextmanager
+    async def collector(self) -> AsyncIterator[None]:
+        if self._collecting:
+            raise CollectionRunning()
+        self._collecting = True
+        try:
+            yield
+        finally:
+            self._collecting = False
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self._writer and not self._writer_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._changed:
+            self._writer_waiting += 1
+            await self._changed.wait_for(lambda: not self._writer and not self._readers)
+            self._writer_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._writer = False
+                self._changed.notify_all()

@@ -97,6 +97,11 @@ class PaginationInvalid(RegistryError):
     default_message = "invalid number of results requested"
 
 
+class CollectionRunning(RegistryError):
+    code = "TOOMANYREQUESTS"
+    default_message = "a garbage collection is already running; try again when it has finished"
+
+
 class StorageFailure(RegistryError):
     """The backing store failed (disk full, I/O error). Not the client's fault."""
 

@@ -1,7 +1,8 @@
 """Ports: what the use-cases need from storage, declared here and implemented in `adapters/`.
 
-Two ports, because later backends split that way: blob bytes (filesystem, S3) and repository
-metadata (filesystem, PostgreSQL). Every adapter of a port passes the same contract suite
+Two storage ports, because later backends split that way: blob bytes (filesystem, S3) and repository
+metadata (filesystem, PostgreSQL); Locks coordinates pushes with the garbage collector; ImageSource
+feeds imports. Every adapter of a port passes the same contract suite
 (tests/integration/contracts/).
 """
 
@@ -9,12 +10,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 
 from .digest import Digest
 from .names import RepositoryName, Tag
 
 Clock = Callable[[], float]
 IdGenerator = Callable[[], str]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+    last_used: float  # when it was last written, linked, mounted or HEAD-checked (epoch seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    repo: RepositoryName
+    upload_id: str
+    last_modified: float
 
 
 class BlobStore(ABC):
@@ -39,6 +56,24 @@ class BlobStore(ABC):
     @abstractmethod
     async def delete(self, digest: Digest) -> bool:
         """Remove the blob's bytes; False when there were none."""
+
+    @abstractmethod
+    async def touch(self, digest: Digest) -> bool:
+        """Record that the blob is in use now (it protects it from collection for the grace period)."""
+
+    @abstractmethod
+    async def info(self, digest: Digest) -> BlobInfo | None: ...
+
+    @abstractmethod
+    def all_blobs(self) -> AsyncIterator[BlobInfo]:
+        """Every stored blob (manifests included)."""
+
+    @abstractmethod
+    def all_uploads(self) -> AsyncIterator[UploadInfo]:
+        """Every open upload session of every repository."""
+
+    @abstractmethod
+    async def has_uploads(self, repo: RepositoryName) -> bool: ...
 
     @abstractmethod
     async def check_writable(self) -> None:
@@ -80,7 +115,20 @@ class RepositoryStore(ABC):
         """Every repository's name, sorted."""
 
     @abstractmethod
+    async def has_manifests(self, repo: RepositoryName) -> bool:
+        """False for a repository whose manifests were all deleted (it leaves the catalog)."""
+
+    @abstractmethod
+    async def delete_repository(self, repo: RepositoryName) -> bool:
+        """Remove everything the repository holds (not nested repositories, not shared blob bytes)."""
+
+    # Linking again refreshes the link's time: that is how a push protects what it uses from collection.
+    @abstractmethod
     async def link_blob(self, repo: RepositoryName, digest: Digest) -> None: ...
+
+    @abstractmethod
+    async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
+        """The repository's blob links and when each was last linked."""
 
     @abstractmethod
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool: ...
@@ -93,6 +141,10 @@ class RepositoryStore(ABC):
 
     @abstractmethod
     async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool: ...
+
+    @abstractmethod
+    async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
+        """The repository's manifests and when each was last linked (pushed or referenced by a push)."""
 
     @abstractmethod
     async def unlink_manifest(self, repo: RepositoryName, digest: Digest) -> bool: ...
@@ -135,3 +187,20 @@ class ImageSource(ABC):
     @abstractmethod
     def stream(self, digest: Digest) -> AsyncIterator[bytes]:
         """A blob's bytes in chunks."""
+
+
+class Locks(ABC):
+    """Coordination between pushes and the garbage collector, across every worker and process.
+
+    Pushes hold `shared()` while they check and link what they depend on; the collector holds
+    `exclusive()` while it re-checks and deletes a batch. `collector()` admits one collector at a time
+    and raises CollectionRunning for the others."""
+
+    @abstractmethod
+    def collector(self) -> AbstractAsyncContextManager[None]: ...
+
+    @abstractmethod
+    def shared(self) -> AbstractAsyncContextManager[None]: ...
+
+    @abstractmethod
+    def exclusive(self) -> AbstractAsyncContextManager[None]: ...

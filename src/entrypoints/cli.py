@@ -66,6 +66,56 @@ def import_layout(args: argparse.Namespace) -> None:
           f"{report.blobs_present} already stored")
 
 
+def _progress(phase: str, done: int, total: int) -> None:
+    if total and (done == total or done % 50 == 0):
+        print(f"  {phase}: {done}/{total}", file=sys.stderr, flush=True)
+
+
+def collect_garbage(args: argparse.Namespace) -> None:
+    from domain.errors import RegistryError
+    from domain.names import RepositoryName
+
+    from .container import build_container
+
+    settings = _settings()
+    if args.grace is not None:
+        settings = settings.model_copy(update={"gc_grace_seconds": args.grace})
+    try:
+        repo = RepositoryName.parse(args.repository) if args.repository else None
+        report = asyncio.run(build_container(settings).collect_garbage()(
+            repo, dry_run=args.dry_run, delete_untagged=args.delete_untagged, progress=_progress))
+    except RegistryError as err:
+        sys.exit(f"myregistry gc: {err.message}")
+    if args.json:
+        import orjson
+        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+        return
+    verb = "would remove" if report.dry_run else "removed"
+    scope = f"repository {report.repository}" if report.repository else "the whole registry"
+    print(f"garbage collection of {scope}{' (dry run)' if report.dry_run else ''}: {verb} "
+          f"{len(report.manifests_removed)} manifest(s), {len(report.blobs_removed)} blob(s) "
+          f"({report.bytes_freed} bytes), {report.layer_links_removed} layer link(s), "
+          f"{report.uploads_purged} idle upload(s), {len(report.repositories_removed)} empty repositor(ies) "
+          f"in {report.duration_seconds:.2f} s")
+    for item in report.manifests_removed:
+        print(f"  manifest {item}")
+    for item in report.blobs_removed:
+        print(f"  blob {item}")
+
+
+def delete_repository(args: argparse.Namespace) -> None:
+    from domain.errors import RegistryError
+    from domain.names import RepositoryName
+
+    from .container import build_container
+
+    try:
+        asyncio.run(build_container(_settings()).delete_repository()(RepositoryName.parse(args.name)))
+    except RegistryError as err:
+        sys.exit(f"myregistry delete-repository: {err.message}")
+    print(f"deleted repository {args.name}; blobs no other repository uses go at the next garbage collection")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="myregistry", description="An OCI container image registry.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +128,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ref", help="which image of the layout (its org.opencontainers.image.ref.name); "
                                  "optional when the layout holds one")
     p.set_defaults(func=import_layout)
+    p = sub.add_parser("gc", help="collect garbage: unreferenced blobs, links, idle uploads (safe while serving)")
+    p.add_argument("--repository", help="only this repository")
+    p.add_argument("--dry-run", action="store_true", help="report what would go; change nothing")
+    p.add_argument("--delete-untagged", action="store_true",
+                   help="also remove manifests no tag reaches (never children or referrers of kept ones)")
+    p.add_argument("--grace", type=float, help="seconds of protection for recently used content "
+                                               "(default REGISTRY_GC_GRACE_SECONDS, 3600)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=collect_garbage)
+    p = sub.add_parser("delete-repository", help="delete a repository's manifests, tags, links and uploads")
+    p.add_argument("name")
+    p.set_defaults(func=delete_repository)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -8,14 +8,16 @@ import uuid
 
 from dependency_injector import containers, providers
 
-from adapters.filesystem import FilesystemBlobStore, FilesystemRepositoryStore, Layout
-from adapters.memory import MemoryBlobStore, MemoryRepositoryStore
+from adapters.filesystem import FilesystemBlobStore, FilesystemLocks, FilesystemRepositoryStore, Layout
+from adapters.memory import MemoryBlobStore, MemoryLocks, MemoryRepositoryStore
 from domain.usecases._common import HasherCache, Limits
 from domain.usecases.append_upload import AppendUpload
 from domain.usecases.cancel_upload import CancelUpload
+from domain.usecases.collect_garbage import CollectGarbage
 from domain.usecases.complete_upload import CompleteUpload
 from domain.usecases.delete_blob import DeleteBlob
 from domain.usecases.delete_manifest import DeleteManifest
+from domain.usecases.delete_repository import DeleteRepository
 from domain.usecases.get_manifest import GetManifest
 from domain.usecases.get_upload_status import GetUploadStatus
 from domain.usecases.import_image import ImportImage
@@ -23,6 +25,7 @@ from domain.usecases.list_referrers import ListReferrers
 from domain.usecases.list_repositories import ListRepositories
 from domain.usecases.list_tags import ListTags
 from domain.usecases.mount_blob import MountBlob
+from domain.usecases.purge_uploads import PurgeUploads
 from domain.usecases.put_manifest import PutManifest
 from domain.usecases.read_blob import ReadBlob
 from domain.usecases.start_upload import StartUpload
@@ -34,15 +37,19 @@ from .settings import Settings
 
 class MemoryAdapters(containers.DeclarativeContainer):
     config = providers.Configuration()
-    blobs = providers.Singleton(MemoryBlobStore)
-    repos = providers.Singleton(MemoryRepositoryStore)
+    clock = providers.Object(time.time)
+    blobs = providers.Singleton(MemoryBlobStore, clock)
+    repos = providers.Singleton(MemoryRepositoryStore, clock)
+    locks = providers.Singleton(MemoryLocks)
 
 
 class FilesystemAdapters(containers.DeclarativeContainer):
     config = providers.Configuration()
+    clock = providers.Object(time.time)  # file times are wall-clock times
     layout = providers.Singleton(Layout, config.storage_root)
     blobs = providers.Singleton(FilesystemBlobStore, layout)
     repos = providers.Singleton(FilesystemRepositoryStore, layout)
+    locks = providers.Singleton(FilesystemLocks, layout)
 
 
 ADAPTERS: dict[str, type[containers.DeclarativeContainer]] = {
@@ -65,26 +72,31 @@ class Container(containers.DeclarativeContainer):
         max_blob_bytes=config.max_blob_bytes,
         max_manifest_references=config.max_manifest_references,
     )
-    clock = providers.Object(time.time)
+    clock = adapters.clock
     new_upload_id = providers.Object(_new_upload_id)
     hashers = providers.Singleton(HasherCache)
 
-    start_upload = providers.Singleton(StartUpload, adapters.blobs, clock, new_upload_id)
+    start_upload = providers.Singleton(StartUpload, adapters.blobs, clock, new_upload_id, adapters.locks)
     append_upload = providers.Singleton(AppendUpload, adapters.blobs, hashers, limits)
-    complete_upload = providers.Singleton(CompleteUpload, adapters.blobs, adapters.repos, hashers, append_upload)
+    complete_upload = providers.Singleton(CompleteUpload, adapters.blobs, adapters.repos, hashers, append_upload,
+                                          adapters.locks)
     upload_blob = providers.Singleton(UploadBlob, adapters.blobs, start_upload, complete_upload)
     cancel_upload = providers.Singleton(CancelUpload, adapters.blobs, hashers)
     get_upload_status = providers.Singleton(GetUploadStatus, adapters.blobs)
-    mount_blob = providers.Singleton(MountBlob, adapters.blobs, adapters.repos)
-    stat_blob = providers.Singleton(StatBlob, adapters.blobs, adapters.repos)
+    mount_blob = providers.Singleton(MountBlob, adapters.blobs, adapters.repos, adapters.locks)
+    stat_blob = providers.Singleton(StatBlob, adapters.blobs, adapters.repos, adapters.locks)
     read_blob = providers.Singleton(ReadBlob, adapters.blobs, stat_blob)
     delete_blob = providers.Singleton(DeleteBlob, adapters.repos)
-    put_manifest = providers.Singleton(PutManifest, adapters.blobs, adapters.repos, limits)
+    put_manifest = providers.Singleton(PutManifest, adapters.blobs, adapters.repos, limits, adapters.locks)
     get_manifest = providers.Singleton(GetManifest, adapters.blobs, adapters.repos)
     delete_manifest = providers.Singleton(DeleteManifest, adapters.blobs, adapters.repos)
     list_tags = providers.Singleton(ListTags, adapters.repos)
     list_repositories = providers.Singleton(ListRepositories, adapters.repos)
     list_referrers = providers.Singleton(ListReferrers, adapters.blobs, adapters.repos)
+    delete_repository = providers.Singleton(DeleteRepository, adapters.repos, adapters.locks)
+    purge_uploads = providers.Singleton(PurgeUploads, adapters.blobs, clock, config.upload_max_idle_seconds)
+    collect_garbage = providers.Singleton(CollectGarbage, adapters.blobs, adapters.repos, adapters.locks, clock,
+                                          config.gc_grace_seconds, purge_uploads)
     import_image = providers.Singleton(ImportImage, adapters.blobs, adapters.repos, upload_blob, put_manifest)
 
 

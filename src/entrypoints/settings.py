@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_blob_bytes: int = Field(0, ge=0, description="0 means no limit")
     max_manifest_references: int = Field(10_000, ge=1)
+    # Garbage collection (seconds). Anything used within the grace is never collected.
+    gc_grace_seconds: float = Field(3600, ge=0)
+    gc_interval: float = Field(0, ge=0, description="run a collection every N seconds; 0: never")
+    upload_max_idle_seconds: float = Field(24 * 3600, gt=0)
+    upload_purge_interval: float = Field(3600, ge=0, description="purge idle uploads every N seconds; 0: never")
     # Seconds. A slow client may take as long as it keeps sending; these bound silence.
     request_timeout: float = Field(300, gt=0)
     response_timeout: float = Field(600, gt=0)

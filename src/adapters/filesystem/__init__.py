@@ -2,6 +2,7 @@
 
 from .blob_store import FilesystemBlobStore
 from .layout import Layout
+from .locks import FilesystemLocks
 from .repository_store import FilesystemRepositoryStore
 
-__all__ = ["FilesystemBlobStore", "FilesystemRepositoryStore", "Layout"]
+__all__ = ["FilesystemBlobStore", "FilesystemLocks", "FilesystemRepositoryStore", "Layout"]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from domain.digest import Digest
 from domain.errors import BlobUnknown, BlobUploadUnknown
 from domain.names import RepositoryName
-from domain.ports import BlobStore
+from domain.ports import BlobInfo, BlobStore, UploadInfo
 
 from .files import remove_tree, storage_failure, write_atomic
 from .layout import Layout
@@ -65,6 +65,55 @@ class FilesystemBlobStore(BlobStore):
     async def delete(self, digest: Digest) -> bool:
         return remove_tree(self.layout.blob_dir(digest))
 
+    async def touch(self, digest: Digest) -> bool:
+        try:
+            os.utime(self.layout.blob_data(digest))
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    async def info(self, digest: Digest) -> BlobInfo | None:
+        try:
+            st = os.stat(self.layout.blob_data(digest))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return BlobInfo(digest, st.st_size, st.st_mtime)
+
+    async def all_blobs(self) -> AsyncIterator[BlobInfo]:
+        root = self.layout.blobs_root
+        for algorithm in _listdir(root):
+            for prefix in _listdir(os.path.join(root, algorithm)):
+                for hex_ in _listdir(os.path.join(root, algorithm, prefix)):
+                    try:
+                        digest = Digest.parse(f"{algorithm}:{hex_}")
+                    except Exception:
+                        continue
+                    info = await self.info(digest)
+                    if info is not None:
+                        yield info
+
+    async def all_uploads(self) -> AsyncIterator[UploadInfo]:
+        root = self.layout.repositories_root
+        for path, dirs, _files in os.walk(root):
+            if "_uploads" in dirs:
+                name = RepositoryName(os.path.relpath(path, root).replace(os.sep, "/"))
+                uploads = os.path.join(path, "_uploads")
+                for upload_id in _listdir(uploads):
+                    data = os.path.join(uploads, upload_id, "data")
+                    try:
+                        modified = os.stat(data).st_mtime
+                    except FileNotFoundError:
+                        # A session without data is debris of an interrupted start: its dir's time will do.
+                        try:
+                            modified = os.stat(os.path.join(uploads, upload_id)).st_mtime
+                        except FileNotFoundError:
+                            continue
+                    yield UploadInfo(name, upload_id, modified)
+            dirs[:] = [d for d in dirs if not d.startswith("_")]
+
+    async def has_uploads(self, repo: RepositoryName) -> bool:
+        return bool(_listdir(self.layout.uploads_dir(repo)))
+
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at))
         write_atomic(self.layout.upload_started(repo, upload_id), stamp.encode())
@@ -104,7 +153,9 @@ class FilesystemBlobStore(BlobStore):
         if not os.path.exists(source):
             raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo}", detail={"upload": upload_id})
         try:
-            if not os.path.exists(target):
+            if os.path.exists(target):
+                os.utime(target)
+            else:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 # Same filesystem: an atomic rename, so the blob appears whole or not at all.
                 tmp = f"{target}.tmp-{uuid.uuid4().hex}"
@@ -116,3 +167,10 @@ class FilesystemBlobStore(BlobStore):
 
     async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
         return remove_tree(self.layout.upload_dir(repo, upload_id))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

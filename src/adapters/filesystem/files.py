@@ -54,3 +54,38 @@ def remove_tree(path: str) -> bool:
         return True
     except (FileNotFoundError, NotADirectoryError):
         return False
+
+
+def link_times(base: str) -> dict[Digest, float]:
+    """Every `<base>/<alg>/<hex>/link` with its mtime."""
+    found: dict[Digest, float] = {}
+    try:
+        algorithms = os.listdir(base)
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for algorithm in algorithms:
+        try:
+            entries = os.listdir(os.path.join(base, algorithm))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for hex_ in entries:
+            path = os.path.join(base, algorithm, hex_, "link")
+            digest = read_link(path)
+            if digest is None:
+                continue
+            try:
+                found[digest] = os.stat(path).st_mtime
+            except FileNotFoundError:
+                continue
+    return found
+
+
+def refresh_link(path: str, digest: Digest) -> None:
+    """Create the link, or bring its time to now when it already names the digest."""
+    if read_link(path) == digest:
+        try:
+            os.utime(path)
+            return
+        except FileNotFoundError:
+            pass
+    write_link(path, digest)

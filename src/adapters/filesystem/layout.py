@@ -12,6 +12,10 @@ This is CNCF Distribution's layout, so a data directory moves between it and us 
         _uploads/<uuid>/data                             bytes received so far
         _uploads/<uuid>/startedat                        RFC 3339 start time
         _referrers/<alg>/<hex>/<alg>/<hex>/link          ours: manifests whose subject is <alg>:<hex>
+      _myregistry/locks/{collector,gate,writes}.lock     ours: flock files coordinating the collector
+
+A blob data file's mtime is when it was last used (written, linked, mounted, HEAD-checked); a link
+file's mtime is when it was last linked. The garbage collector's grace period reads these times.
 
 Distribution skips directories whose name starts with `_` when it walks a repository, so `_referrers`
 is invisible to it. A directory is a repository when it holds `_layers` or `_manifests`.
@@ -91,6 +95,20 @@ class Layout:
 
     def referrer_link(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> str:
         return os.path.join(self.referrers_dir(repo, subject), referrer.algorithm, referrer.hex, "link")
+
+    def lock_file(self, name: str) -> str:
+        return os.path.join(self.v2, "_myregistry", "locks", f"{name}.lock")
+
+    def uploads_dir(self, repo: RepositoryName) -> str:
+        return os.path.join(self.repository(repo), "_uploads")
+
+    def revisions_dir(self, repo: RepositoryName) -> str:
+        return os.path.join(self.manifests_dir(repo), "revisions")
+
+    def repository_parts(self, repo: RepositoryName) -> list[str]:
+        """What a repository owns in its directory (nested repositories live beside these)."""
+        base = self.repository(repo)
+        return [os.path.join(base, part) for part in ("_layers", "_manifests", "_uploads", "_referrers")]
 
     def probe_file(self) -> str:
         return os.path.join(self.v2, f".ready-probe-{os.getpid()}")

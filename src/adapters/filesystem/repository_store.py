@@ -6,7 +6,7 @@ from domain.digest import Digest
 from domain.names import RepositoryName, Tag
 from domain.ports import RepositoryStore
 
-from .files import read_link, remove_tree, write_link
+from .files import link_times, read_link, refresh_link, remove_tree, write_link
 from .layout import Layout
 
 
@@ -27,8 +27,32 @@ class FilesystemRepositoryStore(RepositoryStore):
             dirs[:] = [d for d in dirs if not d.startswith("_")]
         return sorted(found)
 
+    async def has_manifests(self, repo: RepositoryName) -> bool:
+        base = self.layout.revisions_dir(repo)
+        try:
+            return any(os.listdir(os.path.join(base, a)) for a in os.listdir(base))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    async def delete_repository(self, repo: RepositoryName) -> bool:
+        existed = await self.exists(repo)
+        for part in self.layout.repository_parts(repo):
+            remove_tree(part)
+        # Drop now-empty directories up to the repositories root; nested repositories keep theirs.
+        path = self.layout.repository(repo)
+        while path != self.layout.repositories_root:
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+            path = os.path.dirname(path)
+        return existed
+
     async def link_blob(self, repo: RepositoryName, digest: Digest) -> None:
-        write_link(self.layout.layer_link(repo, digest), digest)
+        refresh_link(self.layout.layer_link(repo, digest), digest)
+
+    async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
+        return link_times(self.layout.layers_dir(repo))
 
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return read_link(self.layout.layer_link(repo, digest)) == digest
@@ -37,7 +61,10 @@ class FilesystemRepositoryStore(RepositoryStore):
         return remove_tree(os.path.dirname(self.layout.layer_link(repo, digest)))
 
     async def link_manifest(self, repo: RepositoryName, digest: Digest) -> None:
-        write_link(self.layout.revision_link(repo, digest), digest)
+        refresh_link(self.layout.revision_link(repo, digest), digest)
+
+    async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
+        return link_times(self.layout.revisions_dir(repo))
 
     async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return read_link(self.layout.revision_link(repo, digest)) == digest

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from ..digest import Digest, Hasher
 from ..errors import BlobUploadUnknown, DigestInvalid
 from ..names import RepositoryName
-from ..ports import BlobStore, RepositoryStore
+from ..ports import BlobStore, Locks, RepositoryStore
 from ._common import HasherCache, check_upload_id
 from .append_upload import AppendUpload
 
@@ -16,8 +16,8 @@ class CompleteUpload:
     session. A wrong digest stores nothing and ends the session."""
 
     def __init__(self, blobs: BlobStore, repos: RepositoryStore, hashers: HasherCache,
-                 append: AppendUpload) -> None:
-        self.blobs, self.repos, self.hashers, self.append = blobs, repos, hashers, append
+                 append: AppendUpload, locks: Locks) -> None:
+        self.blobs, self.repos, self.hashers, self.append, self.locks = blobs, repos, hashers, append, locks
 
     async def __call__(self, repo: RepositoryName, upload_id: str, digest: Digest,
                        chunks: AsyncIterator[bytes] | None = None, start: int | None = None) -> int:
@@ -35,8 +35,9 @@ class CompleteUpload:
             self.hashers.drop(repo, upload_id)
             raise DigestInvalid(f"upload {upload_id} has digest {actual}, not the {digest} the client declared",
                                 detail={"declared": str(digest), "actual": str(actual)})
-        await self.blobs.commit_upload(repo, upload_id, digest)
-        await self.repos.link_blob(repo, digest)
+        async with self.locks.shared():  # the collector never sees a committed blob without its link
+            await self.blobs.commit_upload(repo, upload_id, digest)
+            await self.repos.link_blob(repo, digest)
         return size
 
     async def _digest(self, repo: RepositoryName, upload_id: str, size: int, algorithm: str) -> Digest:

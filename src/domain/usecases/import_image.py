@@ -38,7 +38,7 @@ class ImportImage:
         for child in manifest.manifests:
             await self._copy(source, repo, await source.read(child.digest), child.media_type, None, counts)
         for needed in manifest.required_blobs():
-            if await self.blobs.stat(needed) is not None:
+            if await self.blobs.touch(needed):
                 await self.repos.link_blob(repo, needed)
                 counts["present"] += 1
                 continue

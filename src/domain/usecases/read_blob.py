@@ -49,7 +49,7 @@ class ReadBlob:
 
     async def __call__(self, repo: RepositoryName, digest: Digest, byte_range: ByteRange | None = None,
                        with_body: bool = True) -> BlobContent:
-        size = await self.stat(repo, digest)
+        size = await self.stat(repo, digest, touch=not with_body)
         start, end = byte_range.resolve(size) if byte_range else (0, size - 1)
         chunks = self.blobs.read(digest, start, end - start + 1) if with_body else None
         return BlobContent(size, start, end, chunks)

@@ -10,7 +10,7 @@ from sanic import Sanic
 
 from ..container import Container, build_container
 from ..settings import Settings
-from . import base, blobs, errors, health, logs, manifests, referrers, tags, uploads
+from . import base, blobs, errors, gc, health, logs, maintenance, manifests, referrers, tags, uploads
 
 _counter = itertools.count()
 
@@ -34,10 +34,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     })
     app.ctx.container = container
     app.ctx.settings = settings
-    for bp in (base.bp, health.bp, tags.bp, referrers.bp, uploads.bp, blobs.bp, manifests.bp):
+    for bp in (base.bp, health.bp, gc.bp, tags.bp, referrers.bp, uploads.bp, blobs.bp, manifests.bp):
         app.blueprint(bp)
     errors.install(app)
     app.on_request(logs.begin, priority=100)
     app.on_response(logs.on_response, priority=100)
+    maintenance.schedule(app, settings)
 
     return app

@@ -30,6 +30,7 @@ STATUS: dict[type[e.RegistryError], int] = {
     e.TagInvalid: 400,
     e.PaginationInvalid: 400,
     e.StorageFailure: 503,
+    e.CollectionRunning: 429,
 }
 
 

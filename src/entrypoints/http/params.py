@@ -33,6 +33,14 @@ def digest_param(request: Request, key: str = "digest") -> Digest:
     return Digest.parse(values[0])
 
 
+def flag(request: Request, key: str) -> bool:
+    """A boolean query parameter: present with no value, or true/1/yes."""
+    value = request.args.get(key)
+    if value is None:
+        return key in request.args
+    return value.lower() in ("", "1", "true", "yes", "on")
+
+
 def content_range(request: Request) -> tuple[int, int] | None:
     """The chunk's (start, end) from Content-Range, checked against Content-Length when both are sent."""
     header = request.headers.get("content-range")

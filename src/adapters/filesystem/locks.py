@@ -1,0 +1,76 @@
+"""The Locks port with flock(2) on files under the storage root, so every worker and every process on
+this machine (server, CLI, scripts) coordinates through the same files.
+
+Writer preference: the collector first takes `gate` exclusively, which stops new pushes from entering,
+then waits for the pushes already inside `writes` to leave. Pushes pass through `gate` briefly."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from domain.errors import CollectionRunning
+from domain.ports import Locks
+
+from .layout import Layout
+
+_POLL = 0.002
+
+
+def _open(path: str) -> int:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+async def _acquire(fd: int, mode: int) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(_POLL)
+
+
+class FilesystemLocks(Locks):
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    @asynccontextmanager
+    async def collector(self) -> AsyncIterator[None]:
+        fd = _open(self.layout.lock_file("collector"))
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CollectionRunning() from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        gate, writes = _open(self.layout.lock_file("gate")), _open(self.layout.lock_file("writes"))
+        try:
+            await _acquire(gate, fcntl.LOCK_SH)
+            await _acquire(writes, fcntl.LOCK_SH)
+            os.close(gate)
+            gate = -1
+            yield
+        finally:
+            if gate >= 0:
+                os.close(gate)
+            os.close(writes)
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        gate, writes = _open(self.layout.lock_file("gate")), _open(self.layout.lock_file("writes"))
+        try:
+            await _acquire(gate, fcntl.LOCK_EX)
+            await _acquire(writes, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(writes)
+            os.close(gate)

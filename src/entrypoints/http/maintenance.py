@@ -1,0 +1,46 @@
+"""Periodic maintenance inside the server: garbage collection (REGISTRY_GC_INTERVAL) and purging of idle
+upload sessions (REGISTRY_UPLOAD_PURGE_INTERVAL). Every worker schedules them; the collector lock lets
+one run at a time and the others skip that round."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sanic import Sanic
+
+from domain.errors import CollectionRunning
+
+from ..settings import Settings
+
+log = logging.getLogger("myregistry.maintenance")
+
+
+async def _every(seconds: float, job, what: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except CollectionRunning:
+            log.info("%s skipped: a collection is already running", what)
+        except Exception:
+            log.exception("%s failed; it will be tried again in %s s", what, seconds)
+
+
+def schedule(app: Sanic, settings: Settings) -> None:
+    @app.after_server_start
+    async def _start(app: Sanic) -> None:
+        container = app.ctx.container
+        if settings.gc_interval > 0:
+            async def collect() -> None:
+                report = await container.collect_garbage()()
+                log.info("garbage collection", extra={"fields": {k: v for k, v in report.to_json().items()
+                                                                 if k != "removed"}})
+            app.add_task(_every(settings.gc_interval, collect, "garbage collection"), name="gc")
+        if settings.upload_purge_interval > 0:
+            async def purge() -> None:
+                async with container.adapters.locks().collector():
+                    purged = await container.purge_uploads()()
+                if purged:
+                    log.info("purged %d idle upload session(s)", purged)
+            app.add_task(_every(settings.upload_purge_interval, purge, "upload purge"), name="upload-purge")
