@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 from dependency_injector import containers, providers
 
@@ -100,12 +101,16 @@ class Container(containers.DeclarativeContainer):
     import_image = providers.Singleton(ImportImage, adapters.blobs, adapters.repos, upload_blob, put_manifest)
 
 
-def build_container(settings: Settings | None = None) -> Container:
+def build_container(settings: Settings | None = None, clock: Callable[[], float] | None = None) -> Container:
+    """The registry's object graph for these settings. `clock` replaces wall-clock time (tests and
+    simulations; the filesystem's file times stay real)."""
     settings = settings or Settings()
     adapters_cls = ADAPTERS.get(settings.storage)
     if adapters_cls is None:
         raise ValueError(f"unknown storage backend {settings.storage!r}; choose one of {sorted(ADAPTERS)}")
     adapters = adapters_cls()
+    if clock is not None:
+        adapters.clock.override(providers.Object(clock))
     adapters.config.from_dict(settings.model_dump())
     container = Container(adapters=adapters)
     container.config.from_dict(settings.model_dump())

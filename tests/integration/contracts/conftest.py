@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from adapters.filesystem import FilesystemBlobStore, FilesystemRepositoryStore, Layout
-from adapters.memory import MemoryBlobStore, MemoryRepositoryStore
+from adapters.filesystem import FilesystemBlobStore, FilesystemLocks, FilesystemRepositoryStore, Layout
+from adapters.memory import MemoryBlobStore, MemoryLocks, MemoryRepositoryStore
 
 
 def _no_temp_files(root: str) -> None:
@@ -31,3 +31,8 @@ def repo_store(request, tmp_path):
         return
     yield FilesystemRepositoryStore(Layout(str(tmp_path)))
     _no_temp_files(str(tmp_path))
+
+
+@pytest.fixture(params=["memory", "filesystem"])
+def locks(request, tmp_path):
+    return MemoryLocks() if request.param == "memory" else FilesystemLocks(Layout(str(tmp_path)))

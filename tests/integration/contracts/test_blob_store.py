@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -110,3 +111,34 @@ def test_concurrent_sessions_do_not_mix(blob_store):
 
 def test_writable(blob_store):
     run(blob_store.check_writable())
+
+
+def test_touch_info_and_listing(blob_store):
+    before = time.time() - 1
+    d = Digest.of(b"used")
+    assert run(blob_store.touch(d)) is False
+    assert run(blob_store.info(d)) is None
+    run(blob_store.put(d, b"used"))
+    info = run(blob_store.info(d))
+    assert info.size == 4 and info.last_used >= before
+    assert run(blob_store.touch(d)) is True
+    other = Digest.of(b"other")
+    run(blob_store.put(other, b"other"))
+
+    async def listing():
+        return {b.digest: b.size async for b in blob_store.all_blobs()}
+    assert run(listing()) == {d: 4, other: 5}
+
+
+def test_upload_listing(blob_store):
+    before = time.time() - 1
+    run(blob_store.create_upload(R, UID, time.time()))
+    run(blob_store.append_upload(R, UID, gen(b"abc")))
+    assert run(blob_store.has_uploads(R)) and not run(blob_store.has_uploads(RepositoryName("none")))
+
+    async def listing():
+        return [u async for u in blob_store.all_uploads()]
+    (upload,) = run(listing())
+    assert upload.repo == R and upload.upload_id == UID and upload.last_modified >= before
+    run(blob_store.cancel_upload(R, UID))
+    assert run(listing()) == [] and not run(blob_store.has_uploads(R))

@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 from domain.digest import Digest
 from domain.names import RepositoryName, Tag
@@ -54,3 +55,35 @@ def test_referrers(repo_store):
     assert run(repo_store.referrers(RepositoryName("other"), D1)) == []
     run(repo_store.remove_referrer(R, D1, D2))
     assert run(repo_store.referrers(R, D1)) == [D3]
+
+
+def test_link_times_and_refresh(repo_store):
+    before = time.time() - 1
+    run(repo_store.link_blob(R, D1))
+    run(repo_store.link_manifest(R, D2))
+    blobs, manifests = run(repo_store.blob_links(R)), run(repo_store.manifest_links(R))
+    assert set(blobs) == {D1} and blobs[D1] >= before
+    assert set(manifests) == {D2} and manifests[D2] >= before
+    run(repo_store.link_blob(R, D1))  # linking again refreshes, never duplicates
+    assert set(run(repo_store.blob_links(R))) == {D1}
+    assert run(repo_store.blob_links(RepositoryName("none"))) == {}
+
+
+def test_has_manifests_and_delete_repository(repo_store):
+    parent, child = RepositoryName("lib"), RepositoryName("lib/x")
+    run(repo_store.link_blob(parent, D1))
+    assert not run(repo_store.has_manifests(parent))
+    run(repo_store.link_manifest(parent, D2))
+    run(repo_store.set_tag(parent, Tag("v1"), D2))
+    run(repo_store.add_referrer(parent, D2, D3))
+    run(repo_store.link_manifest(child, D3))
+    assert run(repo_store.has_manifests(parent))
+    run(repo_store.unlink_manifest(parent, D2))
+    assert not run(repo_store.has_manifests(parent))
+    run(repo_store.link_manifest(parent, D2))
+    assert run(repo_store.delete_repository(parent)) is True
+    assert not run(repo_store.exists(parent)) and run(repo_store.tags(parent)) == []
+    assert run(repo_store.referrers(parent, D2)) == []
+    assert run(repo_store.manifest_linked(child, D3)), "a nested repository survives its parent's deletion"
+    assert run(repo_store.repositories()) == ["lib/x"]
+    assert run(repo_store.delete_repository(parent)) is False
