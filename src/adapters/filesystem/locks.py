@@ -20,9 +20,7 @@ from .layout import Layout
 _POLL = 0.002
 
 
-def _open(path: str) -> int:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+_NAMES = ("collector", "gate", "writes")
 
 
 async def _acquire(fd: int, mode: int) -> None:
@@ -37,10 +35,21 @@ async def _acquire(fd: int, mode: int) -> None:
 class FilesystemLocks(Locks):
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        self._created = False
+
+    def _open(self, name: str) -> int:
+        if not self._created:
+            # All lock files at once, so a dry-run collection later creates no file at all.
+            for other in _NAMES:
+                path = self.layout.lock_file(other)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+            self._created = True
+        return os.open(self.layout.lock_file(name), os.O_RDWR | os.O_CREAT, 0o644)
 
     @asynccontextmanager
     async def collector(self) -> AsyncIterator[None]:
-        fd = _open(self.layout.lock_file("collector"))
+        fd = self._open("collector")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,7 +61,7 @@ class FilesystemLocks(Locks):
 
     @asynccontextmanager
     async def shared(self) -> AsyncIterator[None]:
-        gate, writes = _open(self.layout.lock_file("gate")), _open(self.layout.lock_file("writes"))
+        gate, writes = self._open("gate"), self._open("writes")
         try:
             await _acquire(gate, fcntl.LOCK_SH)
             await _acquire(writes, fcntl.LOCK_SH)
@@ -66,7 +75,7 @@ class FilesystemLocks(Locks):
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        gate, writes = _open(self.layout.lock_file("gate")), _open(self.layout.lock_file("writes"))
+        gate, writes = self._open("gate"), self._open("writes")
         try:
             await _acquire(gate, fcntl.LOCK_EX)
             await _acquire(writes, fcntl.LOCK_EX)
