@@ -8,7 +8,7 @@ import json
 import pytest
 
 from domain.digest import Digest
-from domain.errors import CollectionRunning, ManifestUnknown, NameUnknown
+from domain.errors import BlobUploadUnknown, CollectionRunning, ManifestUnknown, NameUnknown
 from domain.names import RepositoryName, Tag
 from tests.support import OCI_MANIFEST, make_image, make_index, sha256
 
@@ -181,7 +181,7 @@ def test_idle_uploads_are_purged(uc, clock):
     clock.advance(2 * 3600)
     assert run(uc.collect_garbage()()).uploads_purged == 1
     assert run(uc.get_upload_status()(RepositoryName("up"), fresh.upload_id)).size == 0
-    with pytest.raises(Exception):
+    with pytest.raises(BlobUploadUnknown):
         run(uc.get_upload_status()(RepositoryName("up"), old.upload_id))
 
 
