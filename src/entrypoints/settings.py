@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", populate_by_name=True)
 
     port: int = Field(5000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "REGISTRY_PORT"))
     storage_root: str = Field("./data", min_length=1,

@@ -146,6 +146,29 @@ def file_in_layer(layer_gz: bytes, path: str) -> bytes:
     raise AssertionError(f"{path} not in layer")
 
 
+    def test_collection_between_skopeo_pushes(self, server, api, tmp_path):
+        """Push two images sharing layers, delete one with skopeo, collect, then pull the other and push
+        the deleted one again: nothing the remaining image needs is lost, and re-pushing works."""
+        base = make_image("gc-skopeo", layers=2, layer_size=50_000)
+        first = tmp_path / "first"
+        second = tmp_path / "second"
+        other = make_image("gc-skopeo-other", layers=1)
+        write_layout(str(first), base.manifest, base.blobs(), "v1")
+        write_layout(str(second), other.manifest, other.blobs(), "v1")
+        ref = reference(server, "clients/gc")
+        sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{first}:v1", f"docker://{ref}:keep")
+        sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{second}:v1", f"docker://{ref}:drop")
+        sh("skopeo", "delete", "--tls-verify=false", f"docker://{ref}:drop")
+        report = api.post("/v2/clients/gc/_gc").json()
+        assert report["dry_run"] is False
+        sh("skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}:keep", f"oci:{tmp_path / 'back'}:v1")
+        back = blobs_of_layout(str(tmp_path / "back"))
+        for blob in [base.manifest, *base.blobs()]:
+            assert back[sha256(blob)] == blob
+        sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{second}:v1", f"docker://{ref}:again")
+        assert api.get("/v2/clients/gc/manifests/again").content == other.manifest
+
+
 class TestPodmanBuildah:
     def test_buildah_build_from_scratch_push_and_podman_pull_push(self, server, api, tmp_path, containers_env):
         require_tool("buildah")

@@ -156,3 +156,34 @@ def test_periodic_collection(tmp_path):
         assert '"garbage collection"' in server.log()
     finally:
         server.stop()
+
+
+def test_plain_script_runs_the_use_case(tmp_path):
+    root = str(tmp_path / "data")
+    server = start_server(root, str(tmp_path / "log"))
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            _keep, drop, _ = populate(client)
+    finally:
+        server.stop()
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "examples", "collect_garbage.py"), root],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.path.join(REPO_ROOT, "src"),
+                                 "REGISTRY_GC_GRACE_SECONDS": "0"})
+    assert result.returncode == 0, result.stderr
+    assert f"and {len(drop.blobs()) + 1} blobs" in result.stdout
+
+
+def test_idle_uploads_are_purged_on_their_own_schedule(tmp_path):
+    server = start_server(str(tmp_path / "data"), str(tmp_path / "log"), REGISTRY_UPLOAD_MAX_IDLE_SECONDS="1",
+                          REGISTRY_UPLOAD_PURGE_INTERVAL="0.5")
+    try:
+        location = httpx.post(f"{server.url}/v2/idle/blobs/uploads/").headers["Location"]
+        assert httpx.get(f"{server.url}{location}").status_code == 204
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and httpx.get(f"{server.url}{location}").status_code == 204:
+            time.sleep(0.2)
+        assert httpx.get(f"{server.url}{location}").status_code == 404
+        assert "idle upload session" in server.log()
+    finally:
+        server.stop()

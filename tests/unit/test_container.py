@@ -8,8 +8,9 @@ from entrypoints.settings import Settings
 
 def test_backend_is_chosen_by_settings(tmp_path):
     assert isinstance(build_container(Settings(storage="memory")).adapters.blobs(), MemoryBlobStore)
-    fs = build_container(Settings(storage="filesystem", storage_root=str(tmp_path / "x")))
+    fs = build_container(Settings(storage="filesystem", storage_root=str(tmp_path / "x"), port=5001))
     assert isinstance(fs.adapters.blobs(), FilesystemBlobStore)
+    assert fs.adapters.layout().root == str(tmp_path / "x") and fs.config.port() == 5001
     assert not (tmp_path / "x").exists()  # building the container does no I/O
 
 
