@@ -125,7 +125,8 @@ def test_delete_repository(gc_server):
     assert httpx.get(f"{gc_server.url}/v2/del/other/tags/list").status_code == 404
 
 
-def test_cli_gc(tmp_path):
+def populated_root(tmp_path):
+    """A storage root with history (see populate) and no server running on it; and the dropped image."""
     root = str(tmp_path / "data")
     server = start_server(root, str(tmp_path / "log"))
     try:
@@ -133,6 +134,11 @@ def test_cli_gc(tmp_path):
             _keep, drop, _ = populate(client)
     finally:
         server.stop()
+    return root, drop
+
+
+def test_cli_gc(tmp_path):
+    root, drop = populated_root(tmp_path)
     held = myregistry("gc", "--dry-run", STORAGE_ROOT=root)  # default grace: everything is fresh
     assert held.returncode == 0 and "would remove 0 manifest(s), 0 blob(s)" in held.stdout
     result = myregistry("gc", "--grace", "0", "--json", STORAGE_ROOT=root)
@@ -159,13 +165,7 @@ def test_periodic_collection(tmp_path):
 
 
 def test_plain_script_runs_the_use_case(tmp_path):
-    root = str(tmp_path / "data")
-    server = start_server(root, str(tmp_path / "log"))
-    try:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            _keep, drop, _ = populate(client)
-    finally:
-        server.stop()
+    root, drop = populated_root(tmp_path)
     result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "examples", "collect_garbage.py"), root],
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": os.path.join(REPO_ROOT, "src"),
