@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -99,7 +100,7 @@ class Registry:
         args, env = self.command()
         log = open(os.path.join(self.workdir, f"{self.name}.log"), "ab")
         started = time.monotonic()
-        self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log)
+        self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True)
         while time.monotonic() - started < 30:
             try:
                 if httpx.get(f"{self.url}/v2/", timeout=1).status_code == 200:
@@ -123,13 +124,20 @@ class Registry:
         return max(peaks), sum(peaks)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
+        """SIGTERM the server's process group; SIGKILL what is left after 20 s."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             try:
+                os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
 
 class Ours(Registry):

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,17 +53,30 @@ class Server:
         self.host = f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process_group(self.process)
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
             return f.read()
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the server and its workers (its own process group); SIGKILL whatever is left after
+    `timeout`, so no worker outlives a test."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def start_server(storage_root: str, log_path: str, **env: str) -> Server:
@@ -71,7 +85,7 @@ def start_server(storage_root: str, log_path: str, **env: str) -> Server:
                    "REGISTRY_HOST": "127.0.0.1", "PYTHONPATH": os.path.join(REPO_ROOT, "src"), **env}
     log = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "serve"], env=environment,
-                               stdout=log, stderr=subprocess.STDOUT)
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", port, storage_root, process, log_path)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -118,6 +118,10 @@ class RepositoryStore(ABC):
     async def has_manifests(self, repo: RepositoryName) -> bool:
         """False for a repository whose manifests were all deleted (it leaves the catalog)."""
 
+    async def catalog(self) -> list[str]:
+        """The repositories holding at least one manifest, sorted. Adapters may answer from a cache."""
+        return [name for name in await self.repositories() if await self.has_manifests(RepositoryName(name))]
+
     @abstractmethod
     async def delete_repository(self, repo: RepositoryName) -> bool:
         """Remove everything the repository holds (not nested repositories, not shared blob bytes)."""

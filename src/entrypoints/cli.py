@@ -25,7 +25,6 @@ def serve(args: argparse.Namespace) -> None:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
-    from .http.app import create_app
     from .http.logs import configure_logging
     from .http.protocol import RegistryHttpProtocol
 
@@ -33,7 +32,10 @@ def serve(args: argparse.Namespace) -> None:
     configure_logging(settings.log_level)
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
-    loader = AppLoader(factory=partial(create_app, settings, None, "myregistry"))
+    # Forked workers inherit the imported modules: the first request is answered well within a second,
+    # where spawned workers would each import everything again.
+    Sanic.start_method = "fork"
+    loader = AppLoader(factory=partial(_app, settings))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
                 single_process=settings.workers == 1, access_log=False, motd=False,
@@ -41,7 +43,22 @@ def serve(args: argparse.Namespace) -> None:
     logging.getLogger("myregistry").info(
         "serving %s storage at %s on http://%s:%s with %s worker(s)", settings.storage,
         os.path.abspath(settings.storage_root), settings.host, settings.port, settings.workers)
-    Sanic.serve(primary=app, app_loader=loader)
+    if settings.workers == 1:
+        Sanic.serve_single(primary=app)  # one process: no worker manager to start or stop
+    else:
+        Sanic.serve(primary=app, app_loader=loader)
+
+
+def _app(settings: Settings):
+    """The app for this process: a forked worker reuses the one its parent built (which holds no open
+    resources: the container creates its objects on first use)."""
+    from sanic import Sanic
+
+    from .http.app import create_app
+
+    if "myregistry" in Sanic._app_registry:
+        return Sanic.get_app("myregistry")
+    return create_app(settings, None, "myregistry")
 
 
 def import_layout(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ This is CNCF Distribution's layout, so a data directory moves between it and us 
         _uploads/<uuid>/startedat                        RFC 3339 start time
         _referrers/<alg>/<hex>/<alg>/<hex>/link          ours: manifests whose subject is <alg>:<hex>
       _myregistry/locks/{collector,gate,writes}.lock     ours: flock files coordinating the collector
+      _myregistry/catalog.generation                     ours: touched whenever the catalog changes
 
 A blob data file's mtime is when it was last used (written, linked, mounted, HEAD-checked); a link
 file's mtime is when it was last linked. The garbage collector's grace period reads these times.
@@ -95,6 +96,9 @@ class Layout:
 
     def referrer_link(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> str:
         return os.path.join(self.referrers_dir(repo, subject), referrer.algorithm, referrer.hex, "link")
+
+    def catalog_generation(self) -> str:
+        return os.path.join(self.v2, "_myregistry", "catalog.generation")
 
     def lock_file(self, name: str) -> str:
         return os.path.join(self.v2, "_myregistry", "locks", f"{name}.lock")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from domain.digest import Digest
 from domain.names import RepositoryName, Tag
@@ -11,21 +12,68 @@ from .layout import Layout
 
 
 class FilesystemRepositoryStore(RepositoryStore):
+    """Listing a large registry means walking a large tree, so the catalog and each tag list are cached
+    in the process and checked with one stat per request: a tag list against its directory's mtime
+    (it changes when a tag is created or deleted), the catalog against a generation file that every
+    writer touches when a repository appears, disappears, or gains or loses its last manifest. The
+    check works across workers and processes sharing the storage."""
+
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        self._catalog: tuple[int, list[str]] | None = None
+        self._tags: dict[str, tuple[int, list[str]]] = {}
 
     async def exists(self, repo: RepositoryName) -> bool:
         return self.layout.is_repository(self.layout.repository(repo))
 
     async def repositories(self) -> list[str]:
+        return sorted(self._walk())
+
+    def _walk(self) -> list[str]:
+        """Every repository under the root: a directory holding `_layers` or `_manifests`. One scandir
+        per directory; names starting with `_` are a repository's own data and never descended."""
         root = self.layout.repositories_root
-        found: list[str] = []
-        for path, dirs, _files in os.walk(root):
-            if self.layout.is_repository(path):
+        found, pending = [], [root]
+        while pending:
+            path = pending.pop()
+            try:
+                entries = list(os.scandir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if any(e.name in ("_layers", "_manifests") for e in entries) and path != root:
                 found.append(os.path.relpath(path, root).replace(os.sep, "/"))
-            # Directories starting with `_` are a repository's own data; never names.
-            dirs[:] = [d for d in dirs if not d.startswith("_")]
-        return sorted(found)
+            pending.extend(e.path for e in entries if not e.name.startswith("_") and e.is_dir(follow_symlinks=False))
+        return found
+
+    async def catalog(self) -> list[str]:
+        generation = self._generation()
+        if self._catalog is not None and generation is not None and self._catalog[0] == generation:
+            return self._catalog[1]
+        names = [name for name in sorted(self._walk()) if await self.has_manifests(RepositoryName(name))]
+        self._catalog = (generation, names) if generation is not None else None
+        return names
+
+    def _generation(self) -> int | None:
+        try:
+            return os.stat(self.layout.catalog_generation()).st_mtime_ns
+        except FileNotFoundError:
+            self._bump()  # data another registry wrote: start counting from here
+            try:
+                return os.stat(self.layout.catalog_generation()).st_mtime_ns
+            except FileNotFoundError:
+                return None
+
+    def _bump(self) -> None:
+        path = self.layout.catalog_generation()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "ab"):
+                pass
+            now = time.time_ns()
+            previous = os.stat(path).st_mtime_ns
+            os.utime(path, ns=(now, max(now, previous + 1)))
+        except OSError:
+            self._catalog = None
 
     async def has_manifests(self, repo: RepositoryName) -> bool:
         base = self.layout.revisions_dir(repo)
@@ -36,6 +84,7 @@ class FilesystemRepositoryStore(RepositoryStore):
 
     async def delete_repository(self, repo: RepositoryName) -> bool:
         existed = await self.exists(repo)
+        self._tags.pop(repo.value, None)
         for part in self.layout.repository_parts(repo):
             remove_tree(part)
         # Drop now-empty directories up to the repositories root; nested repositories keep theirs.
@@ -46,10 +95,14 @@ class FilesystemRepositoryStore(RepositoryStore):
             except OSError:
                 break
             path = os.path.dirname(path)
+        self._bump()
         return existed
 
     async def link_blob(self, repo: RepositoryName, digest: Digest) -> None:
+        new_repository = not os.path.isdir(self.layout.layers_dir(repo))
         refresh_link(self.layout.layer_link(repo, digest), digest)
+        if new_repository:
+            self._bump()
 
     async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return link_times(self.layout.layers_dir(repo))
@@ -61,7 +114,10 @@ class FilesystemRepositoryStore(RepositoryStore):
         return remove_tree(os.path.dirname(self.layout.layer_link(repo, digest)))
 
     async def link_manifest(self, repo: RepositoryName, digest: Digest) -> None:
+        first = not await self.has_manifests(repo)
         refresh_link(self.layout.revision_link(repo, digest), digest)
+        if first:
+            self._bump()
 
     async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return link_times(self.layout.revisions_dir(repo))
@@ -70,7 +126,10 @@ class FilesystemRepositoryStore(RepositoryStore):
         return read_link(self.layout.revision_link(repo, digest)) == digest
 
     async def unlink_manifest(self, repo: RepositoryName, digest: Digest) -> bool:
-        return remove_tree(self.layout.revision_dir(repo, digest))
+        removed = remove_tree(self.layout.revision_dir(repo, digest))
+        if removed and not await self.has_manifests(repo):
+            self._bump()
+        return removed
 
     async def set_tag(self, repo: RepositoryName, tag: Tag, digest: Digest) -> None:
         write_link(self.layout.tag_index_link(repo, tag, digest), digest)
@@ -85,10 +144,19 @@ class FilesystemRepositoryStore(RepositoryStore):
     async def tags(self, repo: RepositoryName) -> list[str]:
         tags_dir = self.layout.tags_dir(repo)
         try:
-            names = os.listdir(tags_dir)
+            changed = os.stat(tags_dir).st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(n for n in names if os.path.exists(os.path.join(tags_dir, n, "current", "link")))
+        cached = self._tags.get(repo.value)
+        # A directory changed within the last second might change again within the same mtime tick.
+        if cached is not None and cached[0] == changed and time.time_ns() - changed > 1_000_000_000:
+            return cached[1]
+        try:
+            names = sorted(os.listdir(tags_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        self._tags[repo.value] = (changed, names)
+        return names
 
     async def add_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
         write_link(self.layout.referrer_link(repo, subject, referrer), referrer)

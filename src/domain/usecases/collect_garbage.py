@@ -95,22 +95,26 @@ class CollectGarbage:
                     notify: Progress) -> list[_RepoPlan]:
         names = await self.repos.repositories()
         plans = []
+        parsed: dict[Digest, Manifest | None] = {}  # manifests shared by repositories are read once
         for i, name in enumerate(names):
             repo = RepositoryName(name)
             plan = _RepoPlan(repo, scope is None or scope == repo,
                              await self.repos.manifest_links(repo), await self.repos.blob_links(repo))
-            await self._mark_repository(plan, delete_untagged, horizon)
+            await self._mark_repository(plan, delete_untagged, horizon, parsed)
             plans.append(plan)
             notify("mark", i + 1, len(names))
         return plans
 
-    async def _mark_repository(self, plan: _RepoPlan, delete_untagged: bool, horizon: float) -> None:
+    async def _mark_repository(self, plan: _RepoPlan, delete_untagged: bool, horizon: float,
+                               cache: dict[Digest, Manifest | None]) -> None:
         parsed: dict[Digest, Manifest | None] = {}
         for digest in plan.manifest_links:
-            try:
-                parsed[digest] = parse_manifest(await self.blobs.get(digest))
-            except RegistryError:
-                parsed[digest] = None  # unreadable: keep it, we cannot know what it references
+            if digest not in cache:
+                try:
+                    cache[digest] = parse_manifest(await self.blobs.get(digest))
+                except RegistryError:
+                    cache[digest] = None  # unreadable: keep it, we cannot know what it references
+            parsed[digest] = cache[digest]
         tagged = set()
         for tag in await self.repos.tags(plan.repo):
             target = await self.repos.resolve_tag(plan.repo, Tag(tag))

@@ -17,14 +17,17 @@ log = logging.getLogger("myregistry.maintenance")
 
 
 async def _every(seconds: float, job, what: str) -> None:
-    while True:
-        await asyncio.sleep(seconds)
-        try:
-            await job()
-        except CollectionRunning:
-            log.info("%s skipped: a collection is already running", what)
-        except Exception:
-            log.exception("%s failed; it will be tried again in %s s", what, seconds)
+    try:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except CollectionRunning:
+                log.info("%s skipped: a collection is already running", what)
+            except Exception:
+                log.exception("%s failed; it will be tried again in %s s", what, seconds)
+    except asyncio.CancelledError:
+        return  # the server is stopping; nothing to report
 
 
 def schedule(app: Sanic, settings: Settings) -> None:

@@ -36,3 +36,12 @@ def repo_store(request, tmp_path):
 @pytest.fixture(params=["memory", "filesystem"])
 def locks(request, tmp_path):
     return MemoryLocks() if request.param == "memory" else FilesystemLocks(Layout(str(tmp_path)))
+
+
+@pytest.fixture(params=["memory", "filesystem"])
+def two_views(request, tmp_path):
+    """Two handles on one repository store, as two workers or processes have (memory: one process)."""
+    if request.param == "memory":
+        store = MemoryRepositoryStore()
+        return store, store
+    return FilesystemRepositoryStore(Layout(str(tmp_path))), FilesystemRepositoryStore(Layout(str(tmp_path)))

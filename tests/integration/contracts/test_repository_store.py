@@ -87,3 +87,25 @@ def test_has_manifests_and_delete_repository(repo_store):
     assert run(repo_store.manifest_linked(child, D3)), "a nested repository survives its parent's deletion"
     assert run(repo_store.repositories()) == ["lib/x"]
     assert run(repo_store.delete_repository(parent)) is False
+
+
+def test_listings_see_other_writers_at_once(two_views):
+    """Catalog and tag lists may be cached, but never miss a change made through another handle."""
+    writer, reader = two_views
+    a, b = RepositoryName("cat/a"), RepositoryName("cat/b")
+    assert run(reader.catalog()) == []
+    run(writer.link_blob(a, D1))
+    assert run(reader.catalog()) == []  # no manifest yet: not in the catalog
+    run(writer.link_manifest(a, D1))
+    assert run(reader.catalog()) == ["cat/a"]
+    run(writer.link_manifest(b, D2))
+    assert run(reader.catalog()) == ["cat/a", "cat/b"]
+    run(writer.unlink_manifest(a, D1))
+    assert run(reader.catalog()) == ["cat/b"]
+    run(writer.delete_repository(b))
+    assert run(reader.catalog()) == []
+    for i in range(3):
+        run(writer.set_tag(a, Tag(f"t{i}"), D1))
+        assert run(reader.tags(a)) == [f"t{j}" for j in range(i + 1)]
+    run(writer.delete_tag(a, Tag("t0")))
+    assert run(reader.tags(a)) == ["t1", "t2"]
