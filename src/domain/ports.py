@@ -119,8 +119,12 @@ class RepositoryStore(ABC):
         """False for a repository whose manifests were all deleted (it leaves the catalog)."""
 
     async def catalog(self) -> list[str]:
-        """The repositories holding at least one manifest, sorted. Adapters may answer from a cache."""
+        """The repositories holding at least one manifest, sorted. Adapters may answer from an index."""
         return [name for name in await self.repositories() if await self.has_manifests(RepositoryName(name))]
+
+    async def forget_catalog(self) -> None:
+        """Rebuild any catalog index from the storage itself on next use (after a collection)."""
+        return None
 
     @abstractmethod
     async def delete_repository(self, repo: RepositoryName) -> bool:

@@ -13,7 +13,8 @@ This is CNCF Distribution's layout, so a data directory moves between it and us 
         _uploads/<uuid>/startedat                        RFC 3339 start time
         _referrers/<alg>/<hex>/<alg>/<hex>/link          ours: manifests whose subject is <alg>:<hex>
       _myregistry/locks/{collector,gate,writes}.lock     ours: flock files coordinating the collector
-      _myregistry/catalog.generation                     ours: touched whenever the catalog changes
+      _myregistry/catalog/<name with / as +>             ours: one empty file per repository holding a
+                                                         manifest; `.complete` once the index is whole
 
 A blob data file's mtime is when it was last used (written, linked, mounted, HEAD-checked); a link
 file's mtime is when it was last linked. The garbage collector's grace period reads these times.
@@ -97,8 +98,15 @@ class Layout:
     def referrer_link(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> str:
         return os.path.join(self.referrers_dir(repo, subject), referrer.algorithm, referrer.hex, "link")
 
-    def catalog_generation(self) -> str:
-        return os.path.join(self.v2, "_myregistry", "catalog.generation")
+    def catalog_dir(self) -> str:
+        return os.path.join(self.v2, "_myregistry", "catalog")
+
+    def catalog_marker(self, repo: RepositoryName) -> str:
+        # `+` never appears in a repository name, so the mapping is reversible.
+        return os.path.join(self.catalog_dir(), repo.value.replace("/", "+"))
+
+    def catalog_complete(self) -> str:
+        return os.path.join(self.catalog_dir(), ".complete")
 
     def lock_file(self, name: str) -> str:
         return os.path.join(self.v2, "_myregistry", "locks", f"{name}.lock")

@@ -12,11 +12,13 @@ from .layout import Layout
 
 
 class FilesystemRepositoryStore(RepositoryStore):
-    """Listing a large registry means walking a large tree, so the catalog and each tag list are cached
-    in the process and checked with one stat per request: a tag list against its directory's mtime
-    (it changes when a tag is created or deleted), the catalog against a generation file that every
-    writer touches when a repository appears, disappears, or gains or loses its last manifest. The
-    check works across workers and processes sharing the storage."""
+    """Listing a large registry would mean walking a large tree, so the catalog has an index on disk:
+    one marker file per repository holding a manifest, added when a repository gains its first
+    manifest and removed when it loses its last. A storage root without a complete index (written by
+    Distribution, or dropped by a garbage collection) is walked once to build it. The catalog and each
+    tag list are also cached in the process and checked with one stat per request against their
+    directory's mtime, which changes when an entry is added or removed; so every worker and process
+    sharing the storage sees changes at once."""
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
@@ -46,34 +48,37 @@ class FilesystemRepositoryStore(RepositoryStore):
         return found
 
     async def catalog(self) -> list[str]:
-        generation = self._generation()
-        if self._catalog is not None and generation is not None and self._catalog[0] == generation:
-            return self._catalog[1]
-        names = [name for name in sorted(self._walk()) if await self.has_manifests(RepositoryName(name))]
-        self._catalog = (generation, names) if generation is not None else None
+        if not os.path.exists(self.layout.catalog_complete()):
+            await self.rebuild_catalog()
+        directory = self.layout.catalog_dir()
+        changed = _mtime_ns(directory)
+        cached = self._catalog
+        if cached is not None and changed is not None and cached[0] == changed and _settled(changed):
+            return cached[1]
+        names = sorted(n.replace("+", "/") for n in _listdir(directory) if not n.startswith("."))
+        self._catalog = (changed, names) if changed is not None else None
         return names
 
-    def _generation(self) -> int | None:
-        try:
-            return os.stat(self.layout.catalog_generation()).st_mtime_ns
-        except FileNotFoundError:
-            self._bump()  # data another registry wrote: start counting from here
-            try:
-                return os.stat(self.layout.catalog_generation()).st_mtime_ns
-            except FileNotFoundError:
-                return None
+    async def rebuild_catalog(self) -> None:
+        """Walk the storage and write the catalog index afresh."""
+        directory = self.layout.catalog_dir()
+        os.makedirs(directory, exist_ok=True)
+        present = {n for n in _listdir(directory) if not n.startswith(".")}
+        wanted = set()
+        for name in self._walk():
+            repo = RepositoryName(name)
+            if await self.has_manifests(repo):
+                wanted.add(name.replace("/", "+"))
+        for marker in wanted - present:
+            _touch(os.path.join(directory, marker))
+        for marker in present - wanted:
+            _unlink(os.path.join(directory, marker))
+        _touch(self.layout.catalog_complete())
 
-    def _bump(self) -> None:
-        path = self.layout.catalog_generation()
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "ab"):
-                pass
-            now = time.time_ns()
-            previous = os.stat(path).st_mtime_ns
-            os.utime(path, ns=(now, max(now, previous + 1)))
-        except OSError:
-            self._catalog = None
+    async def forget_catalog(self) -> None:
+        """Drop the index's completeness mark: the next listing walks the storage and rebuilds it."""
+        _unlink(self.layout.catalog_complete())
+        self._catalog = None
 
     async def has_manifests(self, repo: RepositoryName) -> bool:
         base = self.layout.revisions_dir(repo)
@@ -95,14 +100,11 @@ class FilesystemRepositoryStore(RepositoryStore):
             except OSError:
                 break
             path = os.path.dirname(path)
-        self._bump()
+        _unlink(self.layout.catalog_marker(repo))
         return existed
 
     async def link_blob(self, repo: RepositoryName, digest: Digest) -> None:
-        new_repository = not os.path.isdir(self.layout.layers_dir(repo))
         refresh_link(self.layout.layer_link(repo, digest), digest)
-        if new_repository:
-            self._bump()
 
     async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return link_times(self.layout.layers_dir(repo))
@@ -117,7 +119,7 @@ class FilesystemRepositoryStore(RepositoryStore):
         first = not await self.has_manifests(repo)
         refresh_link(self.layout.revision_link(repo, digest), digest)
         if first:
-            self._bump()
+            _touch(self.layout.catalog_marker(repo))
 
     async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return link_times(self.layout.revisions_dir(repo))
@@ -128,7 +130,7 @@ class FilesystemRepositoryStore(RepositoryStore):
     async def unlink_manifest(self, repo: RepositoryName, digest: Digest) -> bool:
         removed = remove_tree(self.layout.revision_dir(repo, digest))
         if removed and not await self.has_manifests(repo):
-            self._bump()
+            _unlink(self.layout.catalog_marker(repo))
         return removed
 
     async def set_tag(self, repo: RepositoryName, tag: Tag, digest: Digest) -> None:
@@ -148,8 +150,7 @@ class FilesystemRepositoryStore(RepositoryStore):
         except (FileNotFoundError, NotADirectoryError):
             return []
         cached = self._tags.get(repo.value)
-        # A directory changed within the last second might change again within the same mtime tick.
-        if cached is not None and cached[0] == changed and time.time_ns() - changed > 1_000_000_000:
+        if cached is not None and cached[0] == changed and _settled(changed):
             return cached[1]
         try:
             names = sorted(os.listdir(tags_dir))
@@ -177,3 +178,36 @@ class FilesystemRepositoryStore(RepositoryStore):
 
     async def remove_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
         remove_tree(os.path.dirname(self.layout.referrer_link(repo, subject, referrer)))
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _settled(mtime_ns: int) -> bool:
+    """A directory changed within the last second might change again within the same mtime tick:
+    only an older mtime can vouch for a cached listing."""
+    return time.time_ns() - mtime_ns > 1_000_000_000
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _touch(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "ab"):
+        pass
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

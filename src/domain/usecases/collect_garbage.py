@@ -87,6 +87,8 @@ class CollectGarbage:
             if repository is None:
                 report.uploads_purged = await self.purge(dry_run)
             await self._drop_empty_repositories(plans, horizon, dry_run, report)
+            if not dry_run:
+                await self.repos.forget_catalog()
         report.duration_seconds = time.monotonic() - started
         return report
 
@@ -226,7 +228,8 @@ class CollectGarbage:
         if dry_run:
             return
         for plan in plans:
-            if not plan.in_scope:
+            # Only repositories the sweep may have emptied are re-checked, under the lock.
+            if not plan.in_scope or (plan.keep or set(plan.blob_links) & plan.uses):
                 continue
             async with self.locks.exclusive():
                 if await self.repos.manifest_links(plan.repo) or await self.repos.blob_links(plan.repo):
