@@ -122,8 +122,8 @@ class RepositoryStore(ABC):
         """The repositories holding at least one manifest, sorted. Adapters may answer from an index."""
         return [name for name in await self.repositories() if await self.has_manifests(RepositoryName(name))]
 
-    async def forget_catalog(self) -> None:
-        """Rebuild any catalog index from the storage itself on next use (after a collection)."""
+    async def refresh_catalog(self) -> None:
+        """Reconcile any catalog index with the storage itself (at start, after a collection)."""
         return None
 
     @abstractmethod

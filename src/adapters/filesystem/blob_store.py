@@ -13,7 +13,7 @@ from domain.ports import BlobInfo, BlobStore, UploadInfo
 from .files import remove_tree, storage_failure, write_atomic
 from .layout import Layout
 
-READ_CHUNK = 4 << 20
+READ_CHUNK = 1 << 20
 
 
 class FilesystemBlobStore(BlobStore):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -49,7 +50,7 @@ class FilesystemRepositoryStore(RepositoryStore):
 
     async def catalog(self) -> list[str]:
         if not os.path.exists(self.layout.catalog_complete()):
-            await self.rebuild_catalog()
+            await self.refresh_catalog()
         directory = self.layout.catalog_dir()
         changed = _mtime_ns(directory)
         cached = self._catalog
@@ -59,28 +60,28 @@ class FilesystemRepositoryStore(RepositoryStore):
         self._catalog = (changed, names) if changed is not None else None
         return names
 
-    async def rebuild_catalog(self) -> None:
-        """Walk the storage and write the catalog index afresh."""
+    async def refresh_catalog(self) -> None:
+        """Walk the storage and reconcile the catalog index with it, in a thread: on a large storage the
+        walk takes seconds and must not stall the event loop."""
+        await asyncio.to_thread(self._rebuild_catalog)
+
+    def _rebuild_catalog(self) -> None:
         directory = self.layout.catalog_dir()
         os.makedirs(directory, exist_ok=True)
         present = {n for n in _listdir(directory) if not n.startswith(".")}
-        wanted = set()
-        for name in self._walk():
-            repo = RepositoryName(name)
-            if await self.has_manifests(repo):
-                wanted.add(name.replace("/", "+"))
+        wanted = {name.replace("/", "+") for name in self._walk() if self._has_manifests(RepositoryName(name))}
         for marker in wanted - present:
             _touch(os.path.join(directory, marker))
         for marker in present - wanted:
-            _unlink(os.path.join(directory, marker))
+            # re-checked: the repository may have gained a manifest since the walk
+            if not self._has_manifests(RepositoryName(marker.replace("+", "/"))):
+                _unlink(os.path.join(directory, marker))
         _touch(self.layout.catalog_complete())
 
-    async def forget_catalog(self) -> None:
-        """Drop the index's completeness mark: the next listing walks the storage and rebuilds it."""
-        _unlink(self.layout.catalog_complete())
-        self._catalog = None
-
     async def has_manifests(self, repo: RepositoryName) -> bool:
+        return self._has_manifests(repo)
+
+    def _has_manifests(self, repo: RepositoryName) -> bool:
         base = self.layout.revisions_dir(repo)
         try:
             return any(os.listdir(os.path.join(base, a)) for a in os.listdir(base))

@@ -88,7 +88,7 @@ class CollectGarbage:
                 report.uploads_purged = await self.purge(dry_run)
             await self._drop_empty_repositories(plans, horizon, dry_run, report)
             if not dry_run:
-                await self.repos.forget_catalog()
+                await self.repos.refresh_catalog()
         report.duration_seconds = time.monotonic() - started
         return report
 

@@ -1,6 +1,7 @@
-"""Periodic maintenance inside the server: garbage collection (REGISTRY_GC_INTERVAL) and purging of idle
-upload sessions (REGISTRY_UPLOAD_PURGE_INTERVAL). Every worker schedules them; the collector lock lets
-one run at a time and the others skip that round."""
+"""Maintenance inside the server: the catalog index is reconciled at start; garbage collection
+(REGISTRY_GC_INTERVAL) and purging of idle upload sessions (REGISTRY_UPLOAD_PURGE_INTERVAL) run
+periodically. Every worker schedules them; the collector lock lets one run at a time and the others
+skip that round."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def schedule(app: Sanic, settings: Settings) -> None:
     @app.after_server_start
     async def _start(app: Sanic) -> None:
         container = app.ctx.container
+        # Reconcile the catalog index now, in the background, rather than on the first catalog request.
+        app.add_task(container.adapters.repos().refresh_catalog(), name="catalog-index")
         if settings.gc_interval > 0:
             async def collect() -> None:
                 report = await container.collect_garbage()()
