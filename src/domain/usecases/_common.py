@@ -7,10 +7,11 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..digest import Hasher
-from ..errors import BlobUploadUnknown, NameUnknown, TooLarge
-from ..names import RepositoryName
-from ..ports import RepositoryStore
+from ..digest import Digest, Hasher
+from ..errors import BlobUploadUnknown, NameUnknown, RegistryError, TooLarge
+from ..manifest import parse_manifest
+from ..names import RepositoryName, Tag
+from ..ports import BlobStore, RepositoryStore
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -39,6 +40,21 @@ def check_upload_id(upload_id: str) -> str:
 async def require_repository(repos: RepositoryStore, repo: RepositoryName) -> None:
     if not await repos.exists(repo):
         raise NameUnknown(f"repository {repo} is not known to this registry", detail={"name": str(repo)})
+
+
+async def remove_manifest(blobs: BlobStore, repos: RepositoryStore, repo: RepositoryName, digest: Digest) -> None:
+    """Take a manifest out of a repository: every tag on it, its place among its subject's referrers, its
+    link. Its bytes stay for the collector. Used by DELETE and by the garbage collector alike."""
+    for tag in await repos.tags(repo):
+        if await repos.resolve_tag(repo, Tag(tag)) == digest:
+            await repos.delete_tag(repo, Tag(tag))
+    try:
+        manifest = parse_manifest(await blobs.get(digest))
+    except RegistryError:  # bytes gone or unreadable: there is no subject to update
+        manifest = None
+    if manifest is not None and manifest.subject is not None:
+        await repos.remove_referrer(repo, manifest.subject.digest, digest)
+    await repos.unlink_manifest(repo, digest)
 
 
 class HasherCache:

@@ -27,6 +27,7 @@ from ..errors import RegistryError
 from ..manifest import Manifest, parse_manifest
 from ..names import RepositoryName, Tag
 from ..ports import BlobStore, Clock, Locks, RepositoryStore
+from ._common import remove_manifest
 from .purge_uploads import PurgeUploads
 
 Progress = Callable[[str, int, int], None]
@@ -165,21 +166,9 @@ class CollectGarbage:
                     if linked_at is None or linked_at >= horizon:
                         continue  # gone already, or pushed again since the mark
                     if not dry_run:
-                        await self._remove_manifest(repo, digest)
+                        await remove_manifest(self.blobs, self.repos, repo, digest)
                     report.manifests_removed.append(f"{repo}@{digest}")
             notify("manifests", min(start + BATCH, len(doomed)), len(doomed))
-
-    async def _remove_manifest(self, repo: RepositoryName, digest: Digest) -> None:
-        for tag in await self.repos.tags(repo):
-            if await self.repos.resolve_tag(repo, Tag(tag)) == digest:
-                await self.repos.delete_tag(repo, Tag(tag))
-        try:
-            manifest = parse_manifest(await self.blobs.get(digest))
-            if manifest.subject is not None:
-                await self.repos.remove_referrer(repo, manifest.subject.digest, digest)
-        except RegistryError:
-            pass
-        await self.repos.unlink_manifest(repo, digest)
 
     async def _sweep_blob_links(self, plans: list[_RepoPlan], horizon: float, dry_run: bool,
                                 report: GcReport) -> None:

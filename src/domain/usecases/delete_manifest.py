@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from ..digest import Digest
-from ..errors import BlobUnknown, ManifestUnknown, RegistryError
-from ..manifest import parse_manifest
-from ..names import Reference, RepositoryName, Tag
+from ..errors import ManifestUnknown
+from ..names import Reference, RepositoryName
 from ..ports import BlobStore, RepositoryStore
-from ._common import require_repository
+from ._common import remove_manifest, require_repository
 
 
 class DeleteManifest:
@@ -26,16 +25,4 @@ class DeleteManifest:
             await require_repository(self.repos, repo)
             raise ManifestUnknown(f"manifest {reference} is not in repository {repo}",
                                   detail={"digest": str(reference)})
-        for tag in await self.repos.tags(repo):
-            if await self.repos.resolve_tag(repo, Tag(tag)) == reference:
-                await self.repos.delete_tag(repo, Tag(tag))
-        await self._forget_subject(repo, reference)
-        await self.repos.unlink_manifest(repo, reference)
-
-    async def _forget_subject(self, repo: RepositoryName, digest: Digest) -> None:
-        try:
-            manifest = parse_manifest(await self.blobs.get(digest))
-        except (BlobUnknown, RegistryError):
-            return
-        if manifest.subject is not None:
-            await self.repos.remove_referrer(repo, manifest.subject.digest, digest)
+        await remove_manifest(self.blobs, self.repos, repo, reference)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from ..digest import Digest
-from ..errors import BlobUnknown, RegistryError
+from ..errors import RegistryError
 from ..manifest import Descriptor, build_index, parse_manifest
 from ..names import RepositoryName
 from ..ports import BlobStore, RepositoryStore
@@ -21,7 +21,7 @@ class ListReferrers:
                 continue
             try:
                 descriptor = parse_manifest(await self.blobs.get(digest)).referrer_descriptor()
-            except (BlobUnknown, RegistryError):
+            except RegistryError:
                 continue
             descriptor = Descriptor(descriptor.media_type, digest, descriptor.size,
                                     descriptor.artifact_type, descriptor.annotations)
