@@ -144,6 +144,9 @@ class MemoryRepositoryStore(RepositoryStore):
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return digest in self.layers.get(repo.value, ())
 
+    async def blob_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
+        return self.layers.get(repo.value, {}).get(digest)
+
     async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return dict(self.layers.get(repo.value, {}))
 

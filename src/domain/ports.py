@@ -142,6 +142,10 @@ class RepositoryStore(ABC):
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool: ...
 
     @abstractmethod
+    async def blob_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
+        """When the repository last linked the blob; None when it does not link it."""
+
+    @abstractmethod
     async def unlink_blob(self, repo: RepositoryName, digest: Digest) -> bool: ...
 
     @abstractmethod

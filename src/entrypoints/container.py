@@ -48,8 +48,8 @@ class FilesystemAdapters(containers.DeclarativeContainer):
     config = providers.Configuration()
     clock = providers.Object(time.time)  # file times are wall-clock times
     layout = providers.Singleton(Layout, config.storage_root)
-    blobs = providers.Singleton(FilesystemBlobStore, layout)
-    repos = providers.Singleton(FilesystemRepositoryStore, layout)
+    blobs = providers.Singleton(FilesystemBlobStore, layout, config.fsync)
+    repos = providers.Singleton(FilesystemRepositoryStore, layout, config.fsync)
     locks = providers.Singleton(FilesystemLocks, layout)
 
 
@@ -85,7 +85,8 @@ class Container(containers.DeclarativeContainer):
     cancel_upload = providers.Singleton(CancelUpload, adapters.blobs, hashers)
     get_upload_status = providers.Singleton(GetUploadStatus, adapters.blobs)
     mount_blob = providers.Singleton(MountBlob, adapters.blobs, adapters.repos, adapters.locks)
-    stat_blob = providers.Singleton(StatBlob, adapters.blobs, adapters.repos, adapters.locks)
+    stat_blob = providers.Singleton(StatBlob, adapters.blobs, adapters.repos, adapters.locks, clock,
+                                    config.gc_grace_seconds)
     read_blob = providers.Singleton(ReadBlob, adapters.blobs, stat_blob)
     delete_blob = providers.Singleton(DeleteBlob, adapters.repos)
     put_manifest = providers.Singleton(PutManifest, adapters.blobs, adapters.repos, limits, adapters.locks)

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     # filesystem: Distribution's layout under storage_root; memory: nothing kept (tests, scripts).
     storage: Literal["filesystem", "memory"] = "filesystem"
     workers: int = Field(1, ge=1, le=64)
+    # Durability: with fsync, a blob, manifest, link or tag is on disk before the client hears it was
+    # stored, so it survives a power cut. Without, it survives a crash of the registry but not of the
+    # machine (like Distribution's filesystem driver, which never syncs).
+    fsync: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_blob_bytes: int = Field(0, ge=0, description="0 means no limit")

@@ -81,6 +81,27 @@ def test_head_check_protects_an_old_unreferenced_blob(uc, clock):
     run(push_raw(uc, "app", image.manifest, "again"))
 
 
+def test_head_within_half_grace_keeps_the_blob_at_least_half_a_grace(uc, clock):
+    """A HEAD on a recently used blob does not write (it is fresh), yet the blob is protected for at
+    least half a grace after that HEAD; a later HEAD past the half refreshes its time again."""
+    blob = b"layer used by a slow push"
+    digest = Digest.parse(sha256(blob))
+    app = RepositoryName("app")
+    run(uc.upload_blob()(app, digest, chunks_of(blob)))
+    stamped = run(uc.adapters.blobs().info(digest)).last_used
+    clock.advance(GRACE / 2 - 1)
+    run(uc.stat_blob()(app, digest, touch=True))  # fresh: no write
+    assert run(uc.adapters.blobs().info(digest)).last_used == stamped
+    clock.advance(GRACE / 2)  # half a grace after that HEAD: still inside the grace of its last write
+    assert run(uc.collect_garbage()()).blobs_removed == []
+    run(uc.stat_blob()(app, digest, touch=True))  # older than half a grace: touched again
+    assert run(uc.adapters.blobs().info(digest)).last_used == clock()
+    clock.advance(GRACE - 1)
+    assert run(uc.collect_garbage()()).blobs_removed == []
+    clock.advance(2)
+    assert run(uc.collect_garbage()()).blobs_removed == [str(digest)]
+
+
 def test_delete_untagged_keeps_index_children_and_referrers(uc, clock):
     amd, arm, loose = make_image("amd"), make_image("arm", arch="arm64"), make_image("loose")
     run(push(uc, "app", amd))

@@ -1,7 +1,7 @@
 import hashlib
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.digest import Digest, Hasher, digest_of_chunks
@@ -52,3 +52,28 @@ def test_parse_never_crashes_and_accepts_only_canonical_forms(text):
     except DigestInvalid:
         return
     assert str(d) == text
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 3 << 20), max_size=8), st.integers(0, 255))
+def test_hashed_stream_passes_bytes_through_and_hashes_them_in_order(sizes, seed):
+    """`hashed` regroups the stream and hashes pieces in a thread: the bytes that come out, and the
+    digest, must be those of the stream, whatever the chunk sizes around the batch size."""
+    import asyncio
+
+    from domain.usecases._common import hashed
+
+    chunks = [bytes([(seed + i) % 256]) * n + bytes([i]) for i, n in enumerate(sizes)]
+
+    async def source():
+        for c in chunks:
+            yield c
+
+    async def drain():
+        h = Hasher()
+        out = [piece async for piece in hashed(source(), h, 0, 0)]
+        return b"".join(out), h
+
+    out, h = asyncio.run(drain())
+    assert out == b"".join(chunks)
+    assert h.digest() == Digest.of(out) and h.size == len(out)

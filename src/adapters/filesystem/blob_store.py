@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -10,18 +11,30 @@ from domain.errors import BlobUnknown, BlobUploadUnknown
 from domain.names import RepositoryName
 from domain.ports import BlobInfo, BlobStore, UploadInfo
 
-from .files import remove_tree, storage_failure, write_atomic
+from .files import fsync_dir, make_dirs, remove_tree, storage_failure, write_atomic
 from .layout import Layout
 
 READ_CHUNK = 1 << 20
+# Chunks this large are written by a thread while the event loop receives the next one (file writes
+# release the GIL); smaller ones are cheaper to write in place than to hand over.
+THREAD_WRITE_MIN = 256 << 10
+# When durable, an upload's written bytes are flushed to disk in the background every this many bytes,
+# so that the flush at commit has little left to do.
+SYNC_EVERY = 32 << 20
 
 
 class FilesystemBlobStore(BlobStore):
-    """Blobs and upload sessions on a local filesystem. Plain blocking I/O in the event loop is the
-    fastest choice here (see shared/FINDINGS.md); large unlinks, which can block, happen rarely."""
+    """Blobs and upload sessions on a local filesystem. Small I/O runs in the event loop (cheaper than a
+    thread hand-off, see shared/FINDINGS.md); an upload's large writes go to a thread, one at a time, so
+    receiving, hashing and writing overlap.
 
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
+    `durable`: a blob is on disk (fdatasync of its data, fsync of its directories) before its commit
+    returns, and so is every small file written through `write_atomic`. Without it, what was
+    acknowledged survives a crash of the registry process (the kernel holds the data) but not a crash
+    of the machine."""
+
+    def __init__(self, layout: Layout, durable: bool = False) -> None:
+        self.layout, self.durable = layout, durable
 
     async def check_writable(self) -> None:
         path = self.layout.probe_file()
@@ -60,7 +73,7 @@ class FilesystemBlobStore(BlobStore):
     async def put(self, digest: Digest, data: bytes) -> None:
         path = self.layout.blob_data(digest)
         if not os.path.exists(path):
-            write_atomic(path, data)
+            write_atomic(path, data, self.durable)
 
     async def delete(self, digest: Digest) -> bool:
         return remove_tree(self.layout.blob_dir(digest))
@@ -134,12 +147,41 @@ class FilesystemBlobStore(BlobStore):
 
     async def append_upload(self, repo: RepositoryName, upload_id: str, chunks: AsyncIterator[bytes]) -> int:
         with self._open_session(repo, upload_id, "ab") as f:
+            writing: asyncio.Future | None = None  # the previous large chunk, still being written
+            syncing: asyncio.Future | None = None  # a background flush to disk (durable only)
+            unsynced = 0
             try:
-                async for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-            except OSError as e:
-                raise storage_failure(e, f"writing upload {upload_id}") from e
+                async for chunk in chunks:  # errors of the stream itself pass through unchanged
+                    try:
+                        if writing is not None:
+                            await writing
+                            writing = None
+                        if len(chunk) >= THREAD_WRITE_MIN:
+                            writing = asyncio.ensure_future(asyncio.to_thread(f.write, chunk))
+                        else:
+                            f.write(chunk)
+                        unsynced += len(chunk)
+                        if self.durable and unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
+                            if syncing is not None:
+                                syncing.result()
+                            syncing = asyncio.ensure_future(asyncio.to_thread(_flush_to_disk, f))
+                            unsynced = 0
+                    except OSError as e:
+                        raise storage_failure(e, f"writing upload {upload_id}") from e
+                try:
+                    for pending in (writing, syncing):
+                        if pending is not None:
+                            await pending
+                    writing = syncing = None
+                    f.flush()
+                except OSError as e:
+                    raise storage_failure(e, f"writing upload {upload_id}") from e
+            finally:
+                # Never close the file under a thread still using it (the client may have gone away).
+                for pending in (writing, syncing):
+                    if pending is not None:
+                        await asyncio.wait([pending])
+                        pending.exception()  # retrieved; the first failure was reported already
             return f.tell()
 
     async def read_upload(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[bytes]:
@@ -156,17 +198,34 @@ class FilesystemBlobStore(BlobStore):
             if os.path.exists(target):
                 os.utime(target)
             else:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if self.durable:
+                    await asyncio.to_thread(_sync_file, source)
+                make_dirs(os.path.dirname(target), self.durable)
                 # Same filesystem: an atomic rename, so the blob appears whole or not at all.
                 tmp = f"{target}.tmp-{uuid.uuid4().hex}"
                 os.rename(source, tmp)
                 os.replace(tmp, target)
+                if self.durable:
+                    fsync_dir(os.path.dirname(target))
         except OSError as e:
             raise storage_failure(e, f"committing upload {upload_id} as {digest}") from e
         remove_tree(self.layout.upload_dir(repo, upload_id))
 
     async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
         return remove_tree(self.layout.upload_dir(repo, upload_id))
+
+
+def _flush_to_disk(f) -> None:
+    f.flush()
+    os.fdatasync(f.fileno())
+
+
+def _sync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _listdir(path: str) -> list[str]:

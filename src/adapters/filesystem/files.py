@@ -16,14 +16,45 @@ def storage_failure(err: OSError, what: str) -> StorageFailure:
     return StorageFailure(f"storage failed while {what}: {err.strerror}{hint}")
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write a whole file so that readers see either nothing or all of it."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: str, durable: bool) -> None:
+    """os.makedirs; when durable, each directory it creates is also recorded on disk in its parent."""
+    if not durable:
+        os.makedirs(path, exist_ok=True)
+        return
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue
+        fsync_dir(os.path.dirname(directory))
+
+
+def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
+    """Write a whole file so that readers see either nothing or all of it. When durable, the file and
+    its name are on disk (fsync) before this returns."""
+    make_dirs(os.path.dirname(path), durable)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            if durable:
+                f.flush()
+                os.fdatasync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            fsync_dir(os.path.dirname(path))
     except OSError as e:
         try:
             os.unlink(tmp)
@@ -32,8 +63,8 @@ def write_atomic(path: str, data: bytes) -> None:
         raise storage_failure(e, f"writing {os.path.basename(path)}") from e
 
 
-def write_link(path: str, digest: Digest) -> None:
-    write_atomic(path, str(digest).encode())
+def write_link(path: str, digest: Digest, durable: bool = False) -> None:
+    write_atomic(path, str(digest).encode(), durable)
 
 
 def read_link(path: str) -> Digest | None:
@@ -80,7 +111,7 @@ def link_times(base: str) -> dict[Digest, float]:
     return found
 
 
-def refresh_link(path: str, digest: Digest) -> None:
+def refresh_link(path: str, digest: Digest, durable: bool = False) -> None:
     """Create the link, or bring its time to now when it already names the digest."""
     if read_link(path) == digest:
         try:
@@ -88,4 +119,4 @@ def refresh_link(path: str, digest: Digest) -> None:
             return
         except FileNotFoundError:
             pass
-    write_link(path, digest)
+    write_link(path, digest, durable)

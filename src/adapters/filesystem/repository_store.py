@@ -21,8 +21,8 @@ class FilesystemRepositoryStore(RepositoryStore):
     directory's mtime, which changes when an entry is added or removed; so every worker and process
     sharing the storage sees changes at once."""
 
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
+    def __init__(self, layout: Layout, durable: bool = False) -> None:
+        self.layout, self.durable = layout, durable
         self._catalog: tuple[int, list[str]] | None = None
         self._tags: dict[str, tuple[int, list[str]]] = {}
 
@@ -105,7 +105,7 @@ class FilesystemRepositoryStore(RepositoryStore):
         return existed
 
     async def link_blob(self, repo: RepositoryName, digest: Digest) -> None:
-        refresh_link(self.layout.layer_link(repo, digest), digest)
+        refresh_link(self.layout.layer_link(repo, digest), digest, self.durable)
 
     async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return link_times(self.layout.layers_dir(repo))
@@ -113,12 +113,21 @@ class FilesystemRepositoryStore(RepositoryStore):
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return read_link(self.layout.layer_link(repo, digest)) == digest
 
+    async def blob_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
+        path = self.layout.layer_link(repo, digest)
+        if read_link(path) != digest:
+            return None
+        try:
+            return os.stat(path).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     async def unlink_blob(self, repo: RepositoryName, digest: Digest) -> bool:
         return remove_tree(os.path.dirname(self.layout.layer_link(repo, digest)))
 
     async def link_manifest(self, repo: RepositoryName, digest: Digest) -> None:
         first = not await self.has_manifests(repo)
-        refresh_link(self.layout.revision_link(repo, digest), digest)
+        refresh_link(self.layout.revision_link(repo, digest), digest, self.durable)
         if first:
             _touch(self.layout.catalog_marker(repo))
 
@@ -135,8 +144,8 @@ class FilesystemRepositoryStore(RepositoryStore):
         return removed
 
     async def set_tag(self, repo: RepositoryName, tag: Tag, digest: Digest) -> None:
-        write_link(self.layout.tag_index_link(repo, tag, digest), digest)
-        write_link(self.layout.tag_current_link(repo, tag), digest)
+        write_link(self.layout.tag_index_link(repo, tag, digest), digest, self.durable)
+        write_link(self.layout.tag_current_link(repo, tag), digest, self.durable)
 
     async def resolve_tag(self, repo: RepositoryName, tag: Tag) -> Digest | None:
         return read_link(self.layout.tag_current_link(repo, tag))
@@ -161,7 +170,7 @@ class FilesystemRepositoryStore(RepositoryStore):
         return names
 
     async def add_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
-        write_link(self.layout.referrer_link(repo, subject, referrer), referrer)
+        write_link(self.layout.referrer_link(repo, subject, referrer), referrer, self.durable)
 
     async def referrers(self, repo: RepositoryName, subject: Digest) -> list[Digest]:
         base = self.layout.referrers_dir(repo, subject)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -79,16 +80,52 @@ class HasherCache:
         self._items.pop((repo.value, upload_id), None)
 
 
+HASH_BATCH = 1 << 20  # bytes gathered before one hand-over to the hashing thread
+
+
 async def hashed(chunks: AsyncIterator[bytes], hasher: Hasher | None, offset: int,
                  limit: int) -> AsyncIterator[bytes]:
-    """Pass chunks through, feeding the hasher and stopping at the blob size limit."""
+    """Pass chunks through in pieces of about HASH_BATCH bytes, feeding the hasher and stopping at the
+    blob size limit. Each piece is hashed in a thread (hashlib releases the GIL) while the consumer stores
+    it and the event loop receives the next one; pieces are hashed one after another, in order."""
     total = offset
-    async for chunk in chunks:
-        if not chunk:
-            continue
-        total += len(chunk)
-        if limit and total > limit:
-            raise TooLarge(f"blob exceeds the registry's limit of {limit} bytes (REGISTRY_MAX_BLOB_BYTES)")
-        if hasher is not None:
-            hasher.update(chunk)
-        yield chunk
+    batch: list[bytes] = []
+    batched = 0
+    hashing: asyncio.Future | None = None
+
+    async def feed(piece: bytes) -> None:
+        nonlocal hashing
+        if hashing is not None:
+            await hashing
+            hashing = None
+        if hasher is None:
+            return
+        if len(piece) >= HASH_BATCH // 4:
+            hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, piece))
+        else:
+            hasher.update(piece)
+
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            total += len(chunk)
+            if limit and total > limit:
+                raise TooLarge(f"blob exceeds the registry's limit of {limit} bytes (REGISTRY_MAX_BLOB_BYTES)")
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= HASH_BATCH:
+                piece = batch[0] if len(batch) == 1 else b"".join(batch)
+                batch, batched = [], 0
+                await feed(piece)
+                yield piece
+        if batch:
+            piece = batch[0] if len(batch) == 1 else b"".join(batch)
+            await feed(piece)
+            yield piece
+        if hashing is not None:
+            await hashing
+            hashing = None
+    finally:
+        if hashing is not None:  # the consumer stopped early: let the thread finish with the hasher
+            await asyncio.wait([hashing])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import re
 import sys
 import time
@@ -64,15 +65,37 @@ def begin(request: Request) -> None:
 
 
 def finish(request: Request, status: int, nbytes: int | None) -> None:
-    """Write the request's access line once, when its response is complete."""
+    """Write the request's access line once, when its response is complete.
+
+    The line has the fields the JSON formatter writes, but skips the logging machinery (a third of a
+    small request's cost went there): one dict, one orjson call, one os.write. A single write of a line
+    under PIPE_BUF bytes is atomic, so workers sharing stdout never interleave their lines."""
     if getattr(request.ctx, "logged", True):
         return
     request.ctx.logged = True
-    started = getattr(request.ctx, "started", time.perf_counter())
-    access.info("request", extra={"request_id": request.ctx.request_id, "fields": {
-        "method": request.method, "path": request.path, "status": status, "bytes": nbytes,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-        "remote": request.remote_addr or request.ip}})
+    if not access.isEnabledFor(logging.INFO):
+        return
+    started = getattr(request.ctx, "started", None) or time.perf_counter()
+    now = time.time()
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "level": "INFO", "logger": access.name, "pid": os.getpid(), "request_id": request.ctx.request_id,
+            "message": "request", "method": request.method, "path": request.path, "status": status,
+            "bytes": nbytes, "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "remote": request.remote_addr or request.ip}
+    data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # stdout replaced by something without a descriptor
+        access.info("request", extra={"request_id": line["request_id"], "fields": line})
+        return
+    try:
+        sys.stdout.flush()  # keep order with lines written through logging
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass  # a closed or full log pipe must not fail the request
+
+
 
 
 def on_response(request: Request, response: HTTPResponse) -> None:

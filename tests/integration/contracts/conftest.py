@@ -15,21 +15,21 @@ def _no_temp_files(root: str) -> None:
     assert leftovers == [], f"temporary files left behind: {leftovers}"
 
 
-@pytest.fixture(params=["memory", "filesystem"])
+@pytest.fixture(params=["memory", "filesystem", "filesystem-fsync"])
 def blob_store(request, tmp_path):
     if request.param == "memory":
         yield MemoryBlobStore()
         return
-    yield FilesystemBlobStore(Layout(str(tmp_path)))
+    yield FilesystemBlobStore(Layout(str(tmp_path)), durable=request.param.endswith("fsync"))
     _no_temp_files(str(tmp_path))
 
 
-@pytest.fixture(params=["memory", "filesystem"])
+@pytest.fixture(params=["memory", "filesystem", "filesystem-fsync"])
 def repo_store(request, tmp_path):
     if request.param == "memory":
         yield MemoryRepositoryStore()
         return
-    yield FilesystemRepositoryStore(Layout(str(tmp_path)))
+    yield FilesystemRepositoryStore(Layout(str(tmp_path)), durable=request.param.endswith("fsync"))
     _no_temp_files(str(tmp_path))
 
 

@@ -64,6 +64,9 @@ def test_link_times_and_refresh(repo_store):
     blobs, manifests = run(repo_store.blob_links(R)), run(repo_store.manifest_links(R))
     assert set(blobs) == {D1} and blobs[D1] >= before
     assert set(manifests) == {D2} and manifests[D2] >= before
+    assert run(repo_store.blob_link_time(R, D1)) == blobs[D1]
+    assert run(repo_store.blob_link_time(R, D2)) is None
+    assert run(repo_store.blob_link_time(RepositoryName("none"), D1)) is None
     run(repo_store.link_blob(R, D1))  # linking again refreshes, never duplicates
     assert set(run(repo_store.blob_links(R))) == {D1}
     assert run(repo_store.blob_links(RepositoryName("none"))) == {}
