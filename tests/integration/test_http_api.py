@@ -178,6 +178,27 @@ class TestBlobs:
         assert r.status_code == 416
         assert client.get(url, headers={"Range": "lines=1-2"}).status_code == 200
 
+    def test_large_blob_whole_and_ranged_and_a_client_that_hangs_up(self, client, server):
+        """Large bodies go out with sendfile: whole, ranged across sendfile calls, and to a client that
+        leaves after the first bytes. The server must neither log a failure nor stop serving."""
+        import socket
+
+        repo, data = repo_name(), os.urandom(20 << 20)
+        seen = len(server.log())
+        client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha256(data)}, content=data)
+        url = f"/v2/{repo}/blobs/{sha256(data)}"
+        r = client.get(url)
+        assert r.status_code == 200 and r.content == data
+        r = client.get(url, headers={"Range": f"bytes={(8 << 20) - 5}-{(17 << 20) + 3}"})
+        assert r.status_code == 206 and r.content == data[(8 << 20) - 5:(17 << 20) + 4]
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert client.get(url, headers={"Range": "bytes=0-9"}).content == data[:10]
+        log = server.log()[seen:]
+        assert "Traceback" not in log and '"level":"ERROR"' not in log, log
+
     def test_unknown_blob_and_other_repositories(self, client):
         repo, data = repo_name(), os.urandom(100)
         client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha256(data)}, content=data)

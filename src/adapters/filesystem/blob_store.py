@@ -47,21 +47,8 @@ class FilesystemBlobStore(BlobStore):
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    async def read(self, digest: Digest, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        try:
-            f = open(self.layout.blob_data(digest), "rb")
-        except (FileNotFoundError, NotADirectoryError):
-            raise BlobUnknown(f"blob {digest} is not stored") from None
-        with f:
-            f.seek(start)
-            remaining = length if length is not None else -1
-            while remaining != 0:
-                chunk = f.read(READ_CHUNK if remaining < 0 else min(READ_CHUNK, remaining))
-                if not chunk:
-                    break
-                if remaining > 0:
-                    remaining -= len(chunk)
-                yield chunk
+    def read(self, digest: Digest, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        return _FileChunks(self.layout.blob_data(digest), digest, start, length)
 
     async def get(self, digest: Digest) -> bytes:
         try:
@@ -213,6 +200,42 @@ class FilesystemBlobStore(BlobStore):
 
     async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
         return remove_tree(self.layout.upload_dir(repo, upload_id))
+
+
+class _FileChunks:
+    """A blob's bytes as an async stream of pieces, which also names its file region (path, offset,
+    length) so that an HTTP server may send it with sendfile instead."""
+
+    def __init__(self, path: str, digest: Digest, start: int, length: int | None) -> None:
+        self.path, self.digest, self.start, self.length = path, digest, start, length
+
+    @property
+    def file_region(self) -> tuple[str, int, int] | None:
+        if self.length is not None:
+            return self.path, self.start, self.length
+        try:
+            return self.path, self.start, os.stat(self.path).st_size - self.start
+        except OSError:
+            return None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        try:
+            f = open(self.path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobUnknown(f"blob {self.digest} is not stored") from None
+        with f:
+            f.seek(self.start)
+            remaining = self.length if self.length is not None else -1
+            while remaining != 0:
+                chunk = f.read(READ_CHUNK if remaining < 0 else min(READ_CHUNK, remaining))
+                if not chunk:
+                    break
+                if remaining > 0:
+                    remaining -= len(chunk)
+                yield chunk
 
 
 def _flush_to_disk(f) -> None:

@@ -15,6 +15,7 @@ from domain.names import RepositoryName
 from domain.usecases.read_blob import ByteRange
 
 from .logs import finish
+from .sendfile import can_sendfile, file_region, send_region
 
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
@@ -115,12 +116,23 @@ def next_link(path: str, n: int | None, next_last: str | None) -> dict[str, str]
 
 async def send_stream(request: Request, status: int, headers: dict[str, str], content_type: str,
                       chunks: AsyncIterator[bytes] | None) -> None:
-    """Send a large body chunk by chunk from the store (measured faster than Sanic's file helpers)."""
+    """Send a large body: with sendfile when the store's stream is a local file region, otherwise piece
+    by piece from the stream (measured faster than Sanic's file helpers)."""
     request.ctx.streaming = True
     sent = 0
+    region = file_region(chunks)
+    f = None
+    if region is not None and can_sendfile(request):
+        try:
+            f = open(region[0], "rb")  # opened before the headers go: a missing file is still a clean 404
+        except OSError:
+            f = None
     response = await request.respond(status=status, headers=headers, content_type=content_type)
     try:
-        if chunks is not None:
+        if f is not None:
+            with f:
+                sent = await send_region(request, response, f.fileno(), region[1], region[2])
+        elif chunks is not None:
             async for chunk in chunks:
                 await response.send(chunk)
                 sent += len(chunk)
