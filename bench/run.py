@@ -141,11 +141,14 @@ class Registry:
 
 
 class Ours(Registry):
+    """Production settings (one worker per core, fsync on), changed only by `settings`."""
+
+    settings: dict[str, str] = {}
+
     def command(self) -> tuple[list[str], dict]:
         workers = str(os.cpu_count() or 1)
         env = {**os.environ, "PORT": str(self.port), "STORAGE_ROOT": self.data, "REGISTRY_HOST": "127.0.0.1",
-               "REGISTRY_WORKERS": workers, "REGISTRY_GC_GRACE_SECONDS": "0",
-               "PYTHONPATH": os.path.join(ROOT, "src")}
+               "REGISTRY_WORKERS": workers, "PYTHONPATH": os.path.join(ROOT, "src"), **self.settings}
         return [sys.executable, "-m", "entrypoints.cli", "serve"], env
 
 
@@ -461,6 +464,15 @@ def run(sizes: Sizes, out_dir: str, workdir: str) -> dict:
                 record("peak_rss_total_MB", who, total)
             finally:
                 reg.stop()
+            if who == "ours":
+                # Distribution never syncs: the same push without our fsync, for a like-for-like figure.
+                reg.settings = {"REGISTRY_FSYNC": "false"}
+                reg.start()
+                try:
+                    record("push_monolithic_MBps fsync off", who,
+                           push_monolithic(reg, blob, digest, "bench/mono-nofsync") / 1e6)
+                finally:
+                    reg.stop()
             record("gc_s", who, collect(who, reg, data, workdir))
             shutil.rmtree(data, ignore_errors=True)
     return report(samples, limits, sizes, out_dir)
@@ -469,6 +481,7 @@ def run(sizes: Sizes, out_dir: str, workdir: str) -> dict:
 def collect(who: str, reg: Registry, data: str, workdir: str) -> float:
     """Seconds for a whole-registry collection: ours online (server restarted), Distribution's offline."""
     if who == "ours":
+        reg.settings = {"REGISTRY_GC_GRACE_SECONDS": "0"}  # collect what was deleted a moment ago
         reg.start()
         try:
             started = time.monotonic()
