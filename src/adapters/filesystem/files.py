@@ -44,9 +44,9 @@ def make_dirs(path: str, durable: bool) -> None:
 def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
     """Write a whole file so that readers see either nothing or all of it. When durable, the file and
     its name are on disk (fsync) before this returns."""
-    make_dirs(os.path.dirname(path), durable)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     try:
+        make_dirs(os.path.dirname(path), durable)
         with open(tmp, "wb") as f:
             f.write(data)
             if durable:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ..digest import Hasher
-from ..errors import BlobUploadUnknown, RangeNotSatisfiable, TooLarge
+from ..errors import BlobUploadUnknown, RangeNotSatisfiable, StorageFailure, TooLarge
 from ..names import RepositoryName
 from ..ports import BlobStore
 from ._common import HasherCache, Limits, UploadStatus, check_upload_id, hashed
@@ -37,8 +37,14 @@ class AppendUpload:
         try:
             new_size = await self.blobs.append_upload(
                 repo, upload_id, hashed(chunks, hasher, size, self.limits.max_blob_bytes))
-        except TooLarge:
-            await self.blobs.cancel_upload(repo, upload_id)
+        except (TooLarge, StorageFailure):
+            # Too large: the session cannot succeed. Storage failed (a full disk, most likely): its
+            # partial bytes would keep the space taken until the purge; the client starts over.
+            self.hashers.drop(repo, upload_id)
+            try:
+                await self.blobs.cancel_upload(repo, upload_id)
+            except StorageFailure:
+                pass
             raise
         if hasher is not None and hasher.size == new_size:
             self.hashers.keep(repo, upload_id, hasher)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import orjson
 from sanic import HTTPResponse, Request
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 
 from domain import errors as e
 
@@ -65,8 +66,14 @@ def install(app) -> None:
     async def registry_error(request: Request, err: e.RegistryError) -> HTTPResponse:
         status = status_of(err)
         if status >= 500:
-            log.error("storage failure: %s", err.message)
+            log.error("%s %s failed: %s", request.method, request.path[:200], err.message)
         return error_response(status, err.code, err.message, err.detail)
+
+    @app.exception(RequestCancelled)
+    async def cancelled(request: Request, err: RequestCancelled) -> HTTPResponse:
+        # The client hung up mid-request; nobody reads this answer. 499 (nginx's "client closed
+        # request") keeps such requests apart from our failures in the access log.
+        return error_response(499, "UNKNOWN", "the client closed the connection before the request was complete")
 
     @app.exception(SanicException)
     async def sanic_error(request: Request, err: SanicException) -> HTTPResponse:
@@ -79,6 +86,16 @@ def install(app) -> None:
             message = str(err) or "request failed"
         headers = dict(getattr(err, "headers", None) or {})
         return error_response(status, _sanic_code(status), message, None, headers)
+
+    @app.exception(OSError)
+    async def os_error(request: Request, err: OSError) -> HTTPResponse:
+        # A storage call the adapter did not translate (a full disk while creating a directory, an I/O
+        # error): still the storage's fault, not a bug, and the operator needs the errno.
+        if isinstance(err, ConnectionError):  # the client went away; nobody is left to answer
+            return error_response(400, "UNKNOWN", "connection lost")
+        log.error("storage failure handling %s %s: %s", request.method, request.path[:200], err)
+        hint = " (the disk is full: free space under STORAGE_ROOT)" if err.errno == errno.ENOSPC else ""
+        return error_response(503, "UNKNOWN", f"the registry's storage failed: {err.strerror or err}{hint}")
 
     @app.exception(Exception)
     async def unexpected(request: Request, err: Exception) -> HTTPResponse:

@@ -44,9 +44,12 @@ def flag(request: Request, key: str) -> bool:
 
 def content_range(request: Request) -> tuple[int, int] | None:
     """The chunk's (start, end) from Content-Range, checked against Content-Length when both are sent."""
-    header = request.headers.get("content-range")
-    if header is None:
+    values = request.headers.getall("content-range", [])
+    if not values:
         return None
+    if len(values) > 1:
+        raise BlobUploadInvalid(f"Content-Range is sent {len(values)} times; send it once")
+    header = values[0]
     m = _CONTENT_RANGE.fullmatch(header.strip())
     if not m:
         raise BlobUploadInvalid(f"malformed Content-Range {header[:100]!r}: expected <start>-<end>")
@@ -61,9 +64,10 @@ def content_range(request: Request) -> tuple[int, int] | None:
 
 def byte_range(request: Request) -> ByteRange | None:
     """A single `Range: bytes=` range; anything we do not serve as one range is ignored, per RFC 9110."""
-    header = request.headers.get("range")
-    if not header:
+    values = request.headers.getall("range", [])
+    if len(values) != 1:  # none, or several that may disagree: serve the whole blob
         return None
+    header = values[0]
     m = _RANGE.fullmatch(header.strip())
     if not m or (m.group(1) == "" and m.group(2) == ""):
         return None
