@@ -76,6 +76,9 @@ class MemoryBlobStore(BlobStore):
     async def has_uploads(self, repo: RepositoryName) -> bool:
         return any(key[0] == repo.value for key in self.uploads)
 
+    async def count_uploads(self, repo: RepositoryName) -> int:
+        return sum(1 for key in self.uploads if key[0] == repo.value)
+
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
         self.uploads[(repo.value, upload_id)] = bytearray()
         self.upload_modified[(repo.value, upload_id)] = started_at

@@ -102,6 +102,11 @@ class CollectionRunning(RegistryError):
     default_message = "a garbage collection is already running; try again when it has finished"
 
 
+class TooManyUploads(RegistryError):
+    code = "TOOMANYREQUESTS"
+    default_message = "too many upload sessions are open in this repository"
+
+
 class StorageFailure(RegistryError):
     """The backing store failed (disk full, I/O error). Not the client's fault."""
 

@@ -76,6 +76,10 @@ class BlobStore(ABC):
     async def has_uploads(self, repo: RepositoryName) -> bool: ...
 
     @abstractmethod
+    async def count_uploads(self, repo: RepositoryName) -> int:
+        """How many upload sessions the repository has open."""
+
+    @abstractmethod
     async def check_writable(self) -> None:
         """Raise when the store cannot take a write now (readiness)."""
 

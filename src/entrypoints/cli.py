@@ -35,6 +35,7 @@ def serve(args: argparse.Namespace) -> None:
     # Forked workers inherit the imported modules: the first request is answered well within a second,
     # where spawned workers would each import everything again.
     Sanic.start_method = "fork"
+    RegistryHttpProtocol.header_timeout = settings.header_timeout
     loader = AppLoader(factory=partial(_app, settings))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,

@@ -72,12 +72,13 @@ class Container(containers.DeclarativeContainer):
         max_manifest_bytes=config.max_manifest_bytes,
         max_blob_bytes=config.max_blob_bytes,
         max_manifest_references=config.max_manifest_references,
+        max_uploads_per_repository=config.max_uploads_per_repository,
     )
     clock = adapters.clock
     new_upload_id = providers.Object(_new_upload_id)
     hashers = providers.Singleton(HasherCache)
 
-    start_upload = providers.Singleton(StartUpload, adapters.blobs, clock, new_upload_id, adapters.locks)
+    start_upload = providers.Singleton(StartUpload, adapters.blobs, clock, new_upload_id, adapters.locks, limits)
     append_upload = providers.Singleton(AppendUpload, adapters.blobs, hashers, limits)
     complete_upload = providers.Singleton(CompleteUpload, adapters.blobs, adapters.repos, hashers, append_upload,
                                           adapters.locks)

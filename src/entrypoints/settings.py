@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_manifest_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_blob_bytes: int = Field(0, ge=0, description="0 means no limit")
     max_manifest_references: int = Field(10_000, ge=1)
+    max_uploads_per_repository: int = Field(1000, ge=0, description="open upload sessions; 0 means no limit")
+    # Request line plus headers. Sanic cannot take more than 16 KiB.
+    max_header_bytes: int = Field(16384, ge=1024, le=16384)
     # Garbage collection (seconds). Anything used within the grace is never collected.
     gc_grace_seconds: float = Field(3600, ge=0)
     gc_interval: float = Field(0, ge=0, description="run a collection every N seconds; 0: never")
@@ -36,6 +39,8 @@ class Settings(BaseSettings):
     request_timeout: float = Field(300, gt=0)
     response_timeout: float = Field(600, gt=0)
     keep_alive_timeout: float = Field(120, gt=0)
+    # A request's line and headers must arrive within this many seconds of its first byte (slowloris).
+    header_timeout: float = Field(20, gt=0)
 
 
 def describe_error(err: Exception) -> str:

@@ -6,6 +6,7 @@ PATCHes), and each also leaves an upload half done. At a random moment the proce
 After a restart:
 - every manifest whose PUT was answered 201, in any round so far, pulls byte-identical by tag and by
   digest, and so do its config and layers;
+- every tag the registry lists names a manifest that pulls whole, acknowledged or not;
 - every blob file in the store hashes to the digest it is stored under (nothing half written is
   visible, whatever the kill interrupted);
 - every half-done upload either resumes where the server says it stands and completes, or is gone (404).
@@ -161,6 +162,13 @@ def test_sigkill_while_pushing_loses_nothing_acknowledged(tmp_path):
                         assert r.status_code == 200 and r.content == manifest, (round_no, repo, reference)
                     for blob in blobs:
                         assert client.get(f"/v2/{repo}/blobs/{sha256(blob)}").content == blob
+                for repo in {repo for repo, *_ in acked}:
+                    tags = client.get(f"/v2/{repo}/tags/list").json()["tags"] or []
+                    for tag in tags:  # acknowledged or not: a visible tag names a whole image
+                        r = client.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+                        assert r.status_code == 200 and sha256(r.content) == r.headers["Docker-Content-Digest"]
+                        for layer in [json.loads(r.content)["config"], *json.loads(r.content)["layers"]]:
+                            assert sha256(client.get(f"/v2/{repo}/blobs/{layer['digest']}").content) == layer["digest"]
                 for location, data in open_uploads:
                     outcomes[resume_or_gone(client, location, data)] += 1
         finally:

@@ -222,3 +222,18 @@ def test_range_resolution():
     for bad in (ByteRange(10, None), ByteRange(5, 2), ByteRange(None, 0)):
         with pytest.raises(errors.RangeNotSatisfiable):
             bad.resolve(10)
+
+
+def test_upload_sessions_per_repository_are_limited():
+    uc = build_container(Settings(storage="memory", max_uploads_per_repository=3))
+    repo, other = RepositoryName("busy/app"), RepositoryName("quiet/app")
+    sessions = [run(uc.start_upload()(repo)) for _ in range(3)]
+    with pytest.raises(errors.TooManyUploads) as refused:
+        run(uc.start_upload()(repo))
+    assert "REGISTRY_MAX_UPLOADS_PER_REPOSITORY" in refused.value.message
+    run(uc.start_upload()(other))  # the limit is per repository
+    run(uc.cancel_upload()(repo, sessions[0].upload_id))
+    run(uc.start_upload()(repo))  # room again
+    unlimited = build_container(Settings(storage="memory", max_uploads_per_repository=0))
+    for _ in range(50):
+        run(unlimited.start_upload()(repo))

@@ -114,6 +114,9 @@ class FilesystemBlobStore(BlobStore):
     async def has_uploads(self, repo: RepositoryName) -> bool:
         return bool(_listdir(self.layout.uploads_dir(repo)))
 
+    async def count_uploads(self, repo: RepositoryName) -> int:
+        return len(_listdir(self.layout.uploads_dir(repo)))
+
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at))
         write_atomic(self.layout.upload_started(repo, upload_id), stamp.encode())

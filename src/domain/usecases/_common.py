@@ -22,6 +22,7 @@ class Limits:
     max_manifest_bytes: int = 4 * 1024 * 1024
     max_blob_bytes: int = 0  # 0: no limit
     max_manifest_references: int = 10_000
+    max_uploads_per_repository: int = 1000  # 0: no limit
 
 
 @dataclass(frozen=True, slots=True)

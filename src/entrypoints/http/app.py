@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.config.update({
         "REQUEST_MAX_SIZE": 1024 * 1024,  # non-streaming routes carry no real body
         "REQUEST_BUFFER_SIZE": 1024 * 1024,
+        "REQUEST_MAX_HEADER_SIZE": settings.max_header_bytes,
         "REQUEST_TIMEOUT": settings.request_timeout,
         "RESPONSE_TIMEOUT": settings.response_timeout,
         "KEEP_ALIVE_TIMEOUT": settings.keep_alive_timeout,

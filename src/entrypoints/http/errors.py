@@ -32,6 +32,7 @@ STATUS: dict[type[e.RegistryError], int] = {
     e.PaginationInvalid: 400,
     e.StorageFailure: 503,
     e.CollectionRunning: 429,
+    e.TooManyUploads: 429,
 }
 
 
