@@ -32,3 +32,22 @@ def test_missing_or_stale_index_is_rebuilt(tmp_path):
     open(layout.catalog_marker(RepositoryName("ghost")), "w").close()
     run(fresh.refresh_catalog())
     assert run(FilesystemRepositoryStore(layout).catalog()) == ["a", "a/b", "z"]
+
+
+def test_a_tag_left_half_written_is_not_listed(tmp_path):
+    """Killed between creating a tag's directory and writing its current link: the tag names nothing
+    and must not be listed (found by the SIGKILL test)."""
+    import asyncio
+    import os
+
+    from adapters.filesystem import FilesystemRepositoryStore, Layout
+    from domain.digest import Digest
+    from domain.names import RepositoryName, Tag
+
+    layout = Layout(str(tmp_path))
+    store = FilesystemRepositoryStore(layout)
+    repo, digest = RepositoryName("crash/app"), Digest.of(b"m")
+    asyncio.run(store.link_manifest(repo, digest))
+    asyncio.run(store.set_tag(repo, Tag("whole"), digest))
+    os.makedirs(os.path.dirname(layout.tag_index_link(repo, Tag("half"), digest)))
+    assert asyncio.run(store.tags(repo)) == ["whole"]

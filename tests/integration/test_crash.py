@@ -174,5 +174,22 @@ def test_sigkill_while_pushing_loses_nothing_acknowledged(tmp_path):
         finally:
             server.stop()
         stored = stored_blobs_match_their_digests(root)
+    # The other way out for an interrupted upload: the purge of idle sessions.
+    server = start_server(root, str(tmp_path / "purge-1.log"), REGISTRY_WORKERS="2")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        location = client.post("/v2/crash/left/blobs/uploads/").headers["Location"]
+        client.patch(location, content=os.urandom(100_000)).raise_for_status()
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    server = start_server(root, str(tmp_path / "purge-2.log"), REGISTRY_UPLOAD_MAX_IDLE_SECONDS="1")
+    try:
+        time.sleep(1.2)
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            report = client.post("/v2/_gc").json()
+            assert report["uploads_purged"] >= 1
+            assert client.get(location).status_code == 404
+            outcomes["gone"] += 1
+    finally:
+        server.stop()
     print(f"{ROUNDS} kills, {len(acked)} acknowledged images verified, {stored} blobs hashed, uploads {outcomes}")
     assert len(acked) >= ROUNDS, "too few pushes were acknowledged for the test to mean anything"

@@ -163,10 +163,16 @@ class FilesystemRepositoryStore(RepositoryStore):
         if cached is not None and cached[0] == changed and _settled(changed):
             return cached[1]
         try:
-            names = sorted(os.listdir(tags_dir))
+            entries = sorted(os.listdir(tags_dir))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        self._tags[repo.value] = (changed, names)
+        # A tag directory without its current link is a tag half written or half deleted when the
+        # registry was killed: it names nothing, so it is not listed.
+        # Such a tag may also be one being written right now (its link lands inside its own directory,
+        # which leaves the mtime checked here alone), so a listing that skipped one is not cached.
+        names = [n for n in entries if os.path.exists(self.layout.tag_current_link(repo, Tag(n)))]
+        if len(names) == len(entries):
+            self._tags[repo.value] = (changed, names)
         return names
 
     async def add_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:

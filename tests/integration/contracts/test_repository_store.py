@@ -112,3 +112,4 @@ def test_listings_see_other_writers_at_once(two_views):
         assert run(reader.tags(a)) == [f"t{j}" for j in range(i + 1)]
     run(writer.delete_tag(a, Tag("t0")))
     assert run(reader.tags(a)) == ["t1", "t2"]
+
