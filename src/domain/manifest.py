@@ -118,7 +118,8 @@ def _descriptors(doc: dict[str, Any], key: str, required: bool, limit: int) -> t
     if not isinstance(value, list):
         raise ManifestInvalid(f"{key!r} must be a list")
     if len(value) > limit:
-        raise ManifestInvalid(f"manifest lists {len(value)} {key}; the limit is {limit}")
+        raise ManifestInvalid(f"manifest lists {len(value)} {key}; the limit is {limit} "
+                              "(REGISTRY_MAX_MANIFEST_REFERENCES)")
     return tuple(_descriptor(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 

@@ -62,9 +62,18 @@ def _sanic_code(status: int) -> str:
     return "UNSUPPORTED" if status < 500 else "UNKNOWN"
 
 
+def _close_if_body_unread(request: Request) -> None:
+    """Refused before its body was all read (too large, say): answer with `Connection: close`, since
+    the rest of the body is not read and the connection cannot carry another request."""
+    http = getattr(request, "stream", None)
+    if http is not None and getattr(http, "request_body", None) and hasattr(http, "keep_alive"):
+        http.keep_alive = False
+
+
 def install(app) -> None:
     @app.exception(e.RegistryError)
     async def registry_error(request: Request, err: e.RegistryError) -> HTTPResponse:
+        _close_if_body_unread(request)
         status = status_of(err)
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path[:200], err.message)
@@ -78,6 +87,7 @@ def install(app) -> None:
 
     @app.exception(SanicException)
     async def sanic_error(request: Request, err: SanicException) -> HTTPResponse:
+        _close_if_body_unread(request)
         status = getattr(err, "status_code", 500) or 500
         if status == 404:
             message = f"no such endpoint: {request.method} {request.path[:200]} (see the OCI distribution spec)"
@@ -94,6 +104,7 @@ def install(app) -> None:
         # error): still the storage's fault, not a bug, and the operator needs the errno.
         if isinstance(err, ConnectionError):  # the client went away; nobody is left to answer
             return error_response(400, "UNKNOWN", "connection lost")
+        _close_if_body_unread(request)
         log.error("storage failure handling %s %s: %s", request.method, request.path[:200], err)
         hint = " (the disk is full: free space under STORAGE_ROOT)" if err.errno == errno.ENOSPC else ""
         return error_response(503, "UNKNOWN", f"the registry's storage failed: {err.strerror or err}{hint}")
