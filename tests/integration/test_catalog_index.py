@@ -1,5 +1,6 @@
 """The filesystem catalog index (ours, beside Distribution's layout) is rebuilt from the storage when it
-is missing or dropped, so data another registry wrote is listed correctly."""
+is missing or dropped, so data another registry wrote is listed correctly; tag lists skip what a crash
+left half written."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shutil
 
 from adapters.filesystem import FilesystemRepositoryStore, Layout
 from domain.digest import Digest
-from domain.names import RepositoryName
+from domain.names import RepositoryName, Tag
 
 
 def run(coro):
@@ -34,20 +35,21 @@ def test_missing_or_stale_index_is_rebuilt(tmp_path):
     assert run(FilesystemRepositoryStore(layout).catalog()) == ["a", "a/b", "z"]
 
 
-def test_a_tag_left_half_written_is_not_listed(tmp_path):
-    """Killed between creating a tag's directory and writing its current link: the tag names nothing
-    and must not be listed (found by the SIGKILL test)."""
-    import asyncio
-    import os
-
-    from adapters.filesystem import FilesystemRepositoryStore, Layout
-    from domain.digest import Digest
-    from domain.names import RepositoryName, Tag
-
+def test_tags_appear_and_go_whole_and_crash_leftovers_are_not_listed(tmp_path):
+    """A kill between creating a tag's directory and writing its link once left a listed tag that gave
+    404 (found by the SIGKILL test). New tags are now assembled under a dot-name and renamed into place,
+    deleted ones renamed away first; what a kill leaves under a dot-name is never listed."""
     layout = Layout(str(tmp_path))
     store = FilesystemRepositoryStore(layout)
-    repo, digest = RepositoryName("crash/app"), Digest.of(b"m")
-    asyncio.run(store.link_manifest(repo, digest))
-    asyncio.run(store.set_tag(repo, Tag("whole"), digest))
-    os.makedirs(os.path.dirname(layout.tag_index_link(repo, Tag("half"), digest)))
-    assert asyncio.run(store.tags(repo)) == ["whole"]
+    repo, digest, other = RepositoryName("crash/app"), Digest.of(b"m"), Digest.of(b"n")
+    run(store.link_manifest(repo, digest))
+    run(store.set_tag(repo, Tag("whole"), digest))
+    run(store.set_tag(repo, Tag("whole"), other))  # an existing tag moves in place
+    assert run(store.resolve_tag(repo, Tag("whole"))) == other
+    for leftover in ("abc", "def"):  # a creation and a deletion cut short
+        os.makedirs(os.path.dirname(layout.index_link_in(layout.tag_scratch_dir(repo, leftover), digest)))
+    assert run(store.tags(repo)) == ["whole"]
+    assert os.path.exists(layout.tag_current_link(repo, Tag("whole")))
+    assert run(store.delete_tag(repo, Tag("whole"))) and not run(store.delete_tag(repo, Tag("whole")))
+    assert run(store.tags(repo)) == []
+    assert sorted(os.listdir(layout.tags_dir(repo))) == [".abc", ".def"]  # ours are gone, not left

@@ -9,6 +9,7 @@ This is CNCF Distribution's layout, so a data directory moves between it and us 
         _manifests/revisions/<alg>/<hex>/link            the manifest is in this repository
         _manifests/tags/<tag>/current/link               the digest the tag points to
         _manifests/tags/<tag>/index/<alg>/<hex>/link     every digest the tag has pointed to
+        _manifests/tags/.<token>/                        ours: a tag being created or deleted
         _uploads/<uuid>/data                             bytes received so far
         _uploads/<uuid>/startedat                        RFC 3339 start time
         _referrers/<alg>/<hex>/<alg>/<hex>/link          ours: manifests whose subject is <alg>:<hex>
@@ -78,10 +79,23 @@ class Layout:
         return os.path.join(self.tags_dir(repo), tag.value)
 
     def tag_current_link(self, repo: RepositoryName, tag: Tag) -> str:
-        return os.path.join(self.tag_dir(repo, tag), "current", "link")
+        return self.current_link_in(self.tag_dir(repo, tag))
 
     def tag_index_link(self, repo: RepositoryName, tag: Tag, digest: Digest) -> str:
-        return os.path.join(self.tag_dir(repo, tag), "index", digest.algorithm, digest.hex, "link")
+        return self.index_link_in(self.tag_dir(repo, tag), digest)
+
+    @staticmethod
+    def current_link_in(tag_dir: str) -> str:
+        return os.path.join(tag_dir, "current", "link")
+
+    @staticmethod
+    def index_link_in(tag_dir: str, digest: Digest) -> str:
+        return os.path.join(tag_dir, "index", digest.algorithm, digest.hex, "link")
+
+    def tag_scratch_dir(self, repo: RepositoryName, token: str) -> str:
+        """Where a new tag is assembled, or an old one is moved to be deleted: a name no tag can have
+        (tags never start with a dot), so listings skip it."""
+        return os.path.join(self.tags_dir(repo), f".{token}")
 
     def upload_dir(self, repo: RepositoryName, upload_id: str) -> str:
         return os.path.join(self.repository(repo), "_uploads", upload_id)

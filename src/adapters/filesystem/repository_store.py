@@ -3,12 +3,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 
 from domain.digest import Digest
 from domain.names import RepositoryName, Tag
 from domain.ports import RepositoryStore
 
-from .files import link_times, read_link, refresh_link, remove_tree, write_link
+from .files import fsync_dir, link_times, read_link, refresh_link, remove_tree, write_link
 from .layout import Layout
 
 
@@ -144,6 +145,21 @@ class FilesystemRepositoryStore(RepositoryStore):
         return removed
 
     async def set_tag(self, repo: RepositoryName, tag: Tag, digest: Digest) -> None:
+        """A new tag is assembled under a dot-name and renamed into place, so that a crash never leaves
+        a listed tag without its link; an existing tag's link is replaced atomically."""
+        tag_dir = self.layout.tag_dir(repo, tag)
+        if not os.path.isdir(tag_dir):
+            scratch = self.layout.tag_scratch_dir(repo, uuid.uuid4().hex)
+            write_link(self.layout.index_link_in(scratch, digest), digest, self.durable)
+            write_link(self.layout.current_link_in(scratch), digest, self.durable)
+            try:
+                os.rename(scratch, tag_dir)
+            except OSError:  # created meanwhile by another request: update it like any existing tag
+                remove_tree(scratch)
+            else:
+                if self.durable:
+                    fsync_dir(os.path.dirname(tag_dir))
+                return
         write_link(self.layout.tag_index_link(repo, tag, digest), digest, self.durable)
         write_link(self.layout.tag_current_link(repo, tag), digest, self.durable)
 
@@ -151,7 +167,14 @@ class FilesystemRepositoryStore(RepositoryStore):
         return read_link(self.layout.tag_current_link(repo, tag))
 
     async def delete_tag(self, repo: RepositoryName, tag: Tag) -> bool:
-        return remove_tree(self.layout.tag_dir(repo, tag))
+        """Renamed out of the listing first (atomic), then removed."""
+        scratch = self.layout.tag_scratch_dir(repo, uuid.uuid4().hex)
+        try:
+            os.rename(self.layout.tag_dir(repo, tag), scratch)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        remove_tree(scratch)
+        return True
 
     async def tags(self, repo: RepositoryName) -> list[str]:
         tags_dir = self.layout.tags_dir(repo)
@@ -163,16 +186,11 @@ class FilesystemRepositoryStore(RepositoryStore):
         if cached is not None and cached[0] == changed and _settled(changed):
             return cached[1]
         try:
-            entries = sorted(os.listdir(tags_dir))
+            # Dot-names are tags being created or deleted (or left so by a crash): not tags.
+            names = sorted(n for n in os.listdir(tags_dir) if not n.startswith("."))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        # A tag directory without its current link is a tag half written or half deleted when the
-        # registry was killed: it names nothing, so it is not listed.
-        # Such a tag may also be one being written right now (its link lands inside its own directory,
-        # which leaves the mtime checked here alone), so a listing that skipped one is not cached.
-        names = [n for n in entries if os.path.exists(self.layout.tag_current_link(repo, Tag(n)))]
-        if len(names) == len(entries):
-            self._tags[repo.value] = (changed, names)
+        self._tags[repo.value] = (changed, names)
         return names
 
     async def add_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
