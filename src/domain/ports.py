@@ -79,6 +79,11 @@ class BlobStore(ABC):
     async def count_uploads(self, repo: RepositoryName) -> int:
         """How many upload sessions the repository has open."""
 
+    async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
+        """Remove what writes cut short by a crash left behind (temporary files) that nobody touched
+        since `older_than`. Returns how many. Stores whose writes leave nothing need not override."""
+        return 0
+
     @abstractmethod
     async def check_writable(self) -> None:
         """Raise when the store cannot take a write now (readiness)."""
@@ -129,6 +134,10 @@ class RepositoryStore(ABC):
     async def refresh_catalog(self) -> None:
         """Reconcile any catalog index with the storage itself (at start, after a collection)."""
         return None
+
+    async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
+        """As BlobStore.purge_debris, for the repositories' own files (links, tags)."""
+        return 0
 
     @abstractmethod
     async def delete_repository(self, repo: RepositoryName) -> bool:

@@ -113,7 +113,8 @@ def collect_garbage(args: argparse.Namespace) -> None:
     print(f"garbage collection of {scope}{' (dry run)' if report.dry_run else ''}: {verb} "
           f"{len(report.manifests_removed)} manifest(s), {len(report.blobs_removed)} blob(s) "
           f"({report.bytes_freed} bytes), {report.layer_links_removed} layer link(s), "
-          f"{report.uploads_purged} idle upload(s), {len(report.repositories_removed)} empty repositor(ies) "
+          f"{report.uploads_purged} idle upload(s), {report.debris_removed} leftover(s) of interrupted writes, "
+          f"{len(report.repositories_removed)} empty repositor(ies) "
           f"in {report.duration_seconds:.2f} s")
     for item in report.manifests_removed:
         print(f"  manifest {item}")

@@ -97,7 +97,8 @@ class Container(containers.DeclarativeContainer):
     list_repositories = providers.Singleton(ListRepositories, adapters.repos)
     list_referrers = providers.Singleton(ListReferrers, adapters.blobs, adapters.repos)
     delete_repository = providers.Singleton(DeleteRepository, adapters.repos, adapters.locks)
-    purge_uploads = providers.Singleton(PurgeUploads, adapters.blobs, clock, config.upload_max_idle_seconds)
+    purge_uploads = providers.Singleton(PurgeUploads, adapters.blobs, adapters.repos, clock,
+                                        config.upload_max_idle_seconds)
     collect_garbage = providers.Singleton(CollectGarbage, adapters.blobs, adapters.repos, adapters.locks, clock,
                                           config.gc_grace_seconds, purge_uploads)
     import_image = providers.Singleton(ImportImage, adapters.blobs, adapters.repos, upload_blob, put_manifest)

@@ -53,3 +53,29 @@ def test_tags_appear_and_go_whole_and_crash_leftovers_are_not_listed(tmp_path):
     assert run(store.delete_tag(repo, Tag("whole"))) and not run(store.delete_tag(repo, Tag("whole")))
     assert run(store.tags(repo)) == []
     assert sorted(os.listdir(layout.tags_dir(repo))) == [".abc", ".def"]  # ours are gone, not left
+
+
+def test_leftovers_of_interrupted_writes_are_purged_once_old(tmp_path):
+    from adapters.filesystem import FilesystemBlobStore
+
+    layout = Layout(str(tmp_path))
+    repos, blobs = FilesystemRepositoryStore(layout), FilesystemBlobStore(layout)
+    repo, digest = RepositoryName("crash/app"), Digest.of(b"m")
+    run(repos.link_manifest(repo, digest))
+    run(repos.set_tag(repo, Tag("kept"), digest))
+    run(blobs.put(digest, b"m"))
+    old = [layout.blob_data(digest) + ".tmp-1", layout.revision_link(repo, digest) + ".tmp-2"]
+    fresh = layout.blob_data(digest) + ".tmp-3"
+    for path in [*old, fresh]:
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    scratch = layout.tag_scratch_dir(repo, "cut-short")
+    os.makedirs(os.path.join(scratch, "current"))
+    for path in [*old, scratch]:
+        os.utime(path, (1_000_000, 1_000_000))
+    horizon = 2_000_000
+    assert run(blobs.purge_debris(horizon, dry_run=True)) == 1 and os.path.exists(old[0])
+    assert run(blobs.purge_debris(horizon)) == 1 and run(repos.purge_debris(horizon)) == 2
+    assert not any(os.path.exists(p) for p in [*old, scratch]) and os.path.exists(fresh)
+    assert run(repos.tags(repo)) == ["kept"] and run(blobs.get(digest)) == b"m"
+    assert run(repos.resolve_tag(repo, Tag("kept"))) == digest

@@ -189,7 +189,13 @@ def test_sigkill_while_pushing_loses_nothing_acknowledged(tmp_path):
             assert report["uploads_purged"] >= 1
             assert client.get(location).status_code == 404
             outcomes["gone"] += 1
+            debris = report["debris_removed"]
     finally:
         server.stop()
-    print(f"{ROUNDS} kills, {len(acked)} acknowledged images verified, {stored} blobs hashed, uploads {outcomes}")
+    leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in [*dirs, *files]
+                 if ".tmp-" in n or (n.startswith(".") and os.path.basename(d) == "tags")]
+    assert leftovers == [], f"the purge left these behind: {leftovers[:5]}"
+    print(f"{ROUNDS} kills, {len(acked)} acknowledged images verified, {stored} blobs hashed, uploads {outcomes}, "
+          f"{debris} leftovers of interrupted writes purged")
     assert len(acked) >= ROUNDS, "too few pushes were acknowledged for the test to mean anything"
+

@@ -11,7 +11,7 @@ from domain.errors import BlobUnknown, BlobUploadUnknown
 from domain.names import RepositoryName
 from domain.ports import BlobInfo, BlobStore, UploadInfo
 
-from .files import fsync_dir, make_dirs, remove_tree, storage_failure, write_atomic
+from .files import fsync_dir, make_dirs, remove_debris, remove_tree, storage_failure, write_atomic
 from .layout import Layout
 
 READ_CHUNK = 1 << 20
@@ -110,6 +110,9 @@ class FilesystemBlobStore(BlobStore):
                             continue
                     yield UploadInfo(name, upload_id, modified)
             dirs[:] = [d for d in dirs if not d.startswith("_")]
+
+    async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
+        return remove_debris(self.layout.blobs_root, self.layout.is_debris, older_than, dry_run)
 
     async def has_uploads(self, repo: RepositoryName) -> bool:
         return bool(_listdir(self.layout.uploads_dir(repo)))

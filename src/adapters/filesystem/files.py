@@ -120,3 +120,28 @@ def refresh_link(path: str, digest: Digest, durable: bool = False) -> None:
         except FileNotFoundError:
             pass
     write_link(path, digest, durable)
+
+
+def remove_debris(root: str, is_debris, older_than: float, dry_run: bool, skip: str = "") -> int:
+    """Remove the entries under `root` that `is_debris(directory, name, is_dir)` names and whose mtime
+    is before `older_than`; directories named `skip` are not entered. Returns how many."""
+    found = 0
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != skip]
+        for name, is_dir in [*((d, True) for d in dirs), *((f, False) for f in files)]:
+            if not is_debris(directory, name, is_dir):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                if os.lstat(path).st_mtime >= older_than:
+                    continue
+                found += 1
+                if not dry_run:
+                    if is_dir:
+                        remove_tree(path)
+                    else:
+                        os.unlink(path)
+            except FileNotFoundError:
+                continue
+        dirs[:] = [d for d in dirs if not is_debris(directory, d, True)]
+    return found

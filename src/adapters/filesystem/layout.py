@@ -85,6 +85,14 @@ class Layout:
         return self.index_link_in(self.tag_dir(repo, tag), digest)
 
     @staticmethod
+    def is_debris(directory: str, name: str, is_dir: bool) -> bool:
+        """A leftover of a write cut short: a temporary file (`<file>.tmp-<token>`, see files.py), or a
+        tag assembled or deleted under a dot-name (tag_scratch_dir)."""
+        if is_dir:
+            return name.startswith(".") and os.path.basename(directory) == "tags"
+        return ".tmp-" in name
+
+    @staticmethod
     def current_link_in(tag_dir: str) -> str:
         return os.path.join(tag_dir, "current", "link")
 

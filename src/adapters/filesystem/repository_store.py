@@ -9,7 +9,7 @@ from domain.digest import Digest
 from domain.names import RepositoryName, Tag
 from domain.ports import RepositoryStore
 
-from .files import fsync_dir, link_times, read_link, refresh_link, remove_tree, write_link
+from .files import fsync_dir, link_times, read_link, refresh_link, remove_debris, remove_tree, write_link
 from .layout import Layout
 
 
@@ -113,6 +113,11 @@ class FilesystemRepositoryStore(RepositoryStore):
 
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return read_link(self.layout.layer_link(repo, digest)) == digest
+
+    async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
+        # Upload sessions have their own purge.
+        return remove_debris(self.layout.repositories_root, self.layout.is_debris, older_than, dry_run,
+                             skip="_uploads")
 
     async def blob_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
         path = self.layout.layer_link(repo, digest)

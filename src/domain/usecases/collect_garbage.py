@@ -44,6 +44,7 @@ class GcReport:
     layer_links_removed: int = 0
     bytes_freed: int = 0
     uploads_purged: int = 0
+    debris_removed: int = 0
     repositories_removed: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
 
@@ -52,7 +53,8 @@ class GcReport:
             "dry_run": self.dry_run, "repository": self.repository, "delete_untagged": self.delete_untagged,
             "manifests_removed": len(self.manifests_removed), "blobs_removed": len(self.blobs_removed),
             "layer_links_removed": self.layer_links_removed, "bytes_freed": self.bytes_freed,
-            "uploads_purged": self.uploads_purged, "repositories_removed": self.repositories_removed,
+            "uploads_purged": self.uploads_purged, "debris_removed": self.debris_removed,
+            "repositories_removed": self.repositories_removed,
             "duration_seconds": round(self.duration_seconds, 3),
             "removed": {"manifests": self.manifests_removed, "blobs": self.blobs_removed},
         }
@@ -86,7 +88,8 @@ class CollectGarbage:
             await self._sweep_blob_links(plans, horizon, dry_run, report)
             await self._sweep_blobs(plans, repository, horizon, dry_run, report, notify)
             if repository is None:
-                report.uploads_purged = await self.purge(dry_run)
+                purged = await self.purge(dry_run)
+                report.uploads_purged, report.debris_removed = purged.uploads, purged.debris
             await self._drop_empty_repositories(plans, horizon, dry_run, report)
             if not dry_run:
                 await self.repos.refresh_catalog()

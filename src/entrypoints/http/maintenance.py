@@ -47,6 +47,7 @@ def schedule(app: Sanic, settings: Settings) -> None:
             async def purge() -> None:
                 async with container.adapters.locks().collector():
                     purged = await container.purge_uploads()()
-                if purged:
-                    log.info("purged %d idle upload session(s)", purged)
+                if purged.uploads or purged.debris:
+                    log.info("purged %d idle upload session(s) and %d leftover(s) of interrupted writes",
+                             purged.uploads, purged.debris)
             app.add_task(_every(settings.upload_purge_interval, purge, "upload purge"), name="upload-purge")
