@@ -159,6 +159,9 @@ def test_periodic_collection(tmp_path):
         while time.monotonic() < deadline and os.path.exists(blob_path(server.storage_root, sha256(drop.layers[0]))):
             time.sleep(0.2)
         assert not os.path.exists(blob_path(server.storage_root, sha256(drop.layers[0])))
+        # The report is logged when the whole run ends, a moment after its sweep removed the blob.
+        while time.monotonic() < deadline and '"garbage collection"' not in server.log():
+            time.sleep(0.1)
         assert '"garbage collection"' in server.log()
     finally:
         server.stop()
@@ -184,6 +187,8 @@ def test_idle_uploads_are_purged_on_their_own_schedule(tmp_path):
         while time.monotonic() < deadline and httpx.get(f"{server.url}{location}").status_code == 204:
             time.sleep(0.2)
         assert httpx.get(f"{server.url}{location}").status_code == 404
+        while time.monotonic() < deadline and "idle upload session" not in server.log():
+            time.sleep(0.1)  # logged when the purge ends, a moment after the session went
         assert "idle upload session" in server.log()
     finally:
         server.stop()
