@@ -73,9 +73,6 @@ class MemoryBlobStore(BlobStore):
         for (repo, upload_id), modified in list(self.upload_modified.items()):
             yield UploadInfo(RepositoryName(repo), upload_id, modified)
 
-    async def has_uploads(self, repo: RepositoryName) -> bool:
-        return any(key[0] == repo.value for key in self.uploads)
-
     async def count_uploads(self, repo: RepositoryName) -> int:
         return sum(1 for key in self.uploads if key[0] == repo.value)
 

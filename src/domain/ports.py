@@ -73,9 +73,6 @@ class BlobStore(ABC):
         """Every open upload session of every repository."""
 
     @abstractmethod
-    async def has_uploads(self, repo: RepositoryName) -> bool: ...
-
-    @abstractmethod
     async def count_uploads(self, repo: RepositoryName) -> int:
         """How many upload sessions the repository has open."""
 

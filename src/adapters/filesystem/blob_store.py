@@ -114,9 +114,6 @@ class FilesystemBlobStore(BlobStore):
     async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
         return remove_debris(self.layout.blobs_root, self.layout.is_debris, older_than, dry_run)
 
-    async def has_uploads(self, repo: RepositoryName) -> bool:
-        return bool(_listdir(self.layout.uploads_dir(repo)))
-
     async def count_uploads(self, repo: RepositoryName) -> int:
         return len(_listdir(self.layout.uploads_dir(repo)))
 

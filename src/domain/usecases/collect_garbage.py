@@ -226,7 +226,7 @@ class CollectGarbage:
             async with self.locks.exclusive():
                 if await self.repos.manifest_links(plan.repo) or await self.repos.blob_links(plan.repo):
                     continue
-                if await self.blobs.has_uploads(plan.repo):
+                if await self.blobs.count_uploads(plan.repo):
                     continue
                 await self.repos.delete_repository(plan.repo)
                 report.repositories_removed.append(str(plan.repo))

@@ -80,7 +80,7 @@ def install(app) -> None:
         return error_response(status, err.code, err.message, err.detail)
 
     @app.exception(RequestCancelled)
-    async def cancelled(request: Request, err: RequestCancelled) -> HTTPResponse:
+    async def cancelled(request: Request, err: BaseException) -> HTTPResponse:
         # The client hung up mid-request; nobody reads this answer. 499 (nginx's "client closed
         # request") keeps such requests apart from our failures in the access log.
         return error_response(499, "UNKNOWN", "the client closed the connection before the request was complete")
@@ -103,7 +103,7 @@ def install(app) -> None:
         # A storage call the adapter did not translate (a full disk while creating a directory, an I/O
         # error): still the storage's fault, not a bug, and the operator needs the errno.
         if isinstance(err, ConnectionError):  # the client went away; nobody is left to answer
-            return error_response(400, "UNKNOWN", "connection lost")
+            return await cancelled(request, err)
         _close_if_body_unread(request)
         log.error("storage failure handling %s %s: %s", request.method, request.path[:200], err)
         hint = " (the disk is full: free space under STORAGE_ROOT)" if err.errno == errno.ENOSPC else ""

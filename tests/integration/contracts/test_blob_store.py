@@ -134,14 +134,14 @@ def test_upload_listing(blob_store):
     before = time.time() - 1
     run(blob_store.create_upload(R, UID, time.time()))
     run(blob_store.append_upload(R, UID, gen(b"abc")))
-    assert run(blob_store.has_uploads(R)) and not run(blob_store.has_uploads(RepositoryName("none")))
+    assert run(blob_store.count_uploads(R)) == 1 and run(blob_store.count_uploads(RepositoryName("none"))) == 0
 
     async def listing():
         return [u async for u in blob_store.all_uploads()]
     (upload,) = run(listing())
     assert upload.repo == R and upload.upload_id == UID and upload.last_modified >= before
     run(blob_store.cancel_upload(R, UID))
-    assert run(listing()) == [] and not run(blob_store.has_uploads(R))
+    assert run(listing()) == [] and run(blob_store.count_uploads(R)) == 0
 
 
 def test_large_chunks_are_stored_whole_and_in_order(blob_store):
