@@ -24,6 +24,7 @@ import time
 
 import httpx
 
+from adapters.filesystem import Layout
 from tests.support import OCI_MANIFEST, sha256, start_server
 
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "12"))
@@ -203,8 +204,9 @@ def test_sigkill_while_pushing_loses_nothing_acknowledged(tmp_path):
             debris = report["debris_removed"]
     finally:
         server.stop()
-    leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in [*dirs, *files]
-                 if ".tmp-" in n or (n.startswith(".") and os.path.basename(d) == "tags")]
+    leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(root)
+                 for n, is_dir in [*((x, True) for x in dirs), *((x, False) for x in files)]
+                 if Layout.is_debris(d, n, is_dir)]
     assert leftovers == [], f"the purge left these behind: {leftovers[:5]}"
     print(f"{ROUNDS} kills, {len(acked)} acknowledged images verified, {stored} blobs hashed, uploads {outcomes}, "
           f"{debris} leftovers of interrupted writes purged")

@@ -19,10 +19,15 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 access = logging.getLogger("myregistry.access")
 
 
+def timestamp(epoch: float) -> str:
+    """UTC with milliseconds, as every log line carries it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
@@ -76,8 +81,7 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
     if not access.isEnabledFor(logging.INFO):
         return
     started = getattr(request.ctx, "started", None) or time.perf_counter()
-    now = time.time()
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+    line = {"time": timestamp(time.time()),
             "level": "INFO", "logger": access.name, "pid": os.getpid(), "request_id": request.ctx.request_id,
             "message": "request", "method": request.method, "path": request.path, "status": status,
             "bytes": nbytes, "duration_ms": round((time.perf_counter() - started) * 1000, 3),
