@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from domain.digest import Digest
-from domain.errors import BlobUnknown, BlobUploadUnknown, CollectionRunning
+from domain.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, CollectionRunning, UploadBusy
 from domain.names import RepositoryName, Tag
 from domain.ports import BlobInfo, BlobStore, Clock, Locks, RepositoryStore, UploadInfo
 
@@ -21,7 +21,7 @@ class MemoryBlobStore(BlobStore):
         self.clock = clock
         self.blobs: dict[Digest, bytes] = {}
         self.used: dict[Digest, float] = {}
-        self.uploads: dict[tuple[str, str], bytearray] = {}
+        self.sessions: dict[tuple[str, str], bytearray] = {}
         self.upload_modified: dict[tuple[str, str], float] = {}
 
     async def check_writable(self) -> None:
@@ -71,30 +71,36 @@ class MemoryBlobStore(BlobStore):
 
     async def all_uploads(self) -> AsyncIterator[UploadInfo]:
         for (repo, upload_id), modified in list(self.upload_modified.items()):
-            yield UploadInfo(RepositoryName(repo), upload_id, modified)
+            data = self.sessions.get((repo, upload_id))
+            if data is not None:
+                yield UploadInfo(RepositoryName(repo), upload_id, modified, len(data))
 
-    async def count_uploads(self, repo: RepositoryName) -> int:
-        return sum(1 for key in self.uploads if key[0] == repo.value)
+    async def uploads(self, repo: RepositoryName) -> list[str]:
+        return [upload_id for (name, upload_id) in self.sessions if name == repo.value]
 
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
-        self.uploads[(repo.value, upload_id)] = bytearray()
+        self.sessions[(repo.value, upload_id)] = bytearray()
         self.upload_modified[(repo.value, upload_id)] = started_at
 
-    async def upload_size(self, repo: RepositoryName, upload_id: str) -> int | None:
-        data = self.uploads.get((repo.value, upload_id))
-        return None if data is None else len(data)
+    async def upload_info(self, repo: RepositoryName, upload_id: str) -> UploadInfo | None:
+        data = self.sessions.get((repo.value, upload_id))
+        if data is None:
+            return None
+        return UploadInfo(repo, upload_id, self.upload_modified[(repo.value, upload_id)], len(data))
 
     def _session(self, repo: RepositoryName, upload_id: str) -> bytearray:
-        data = self.uploads.get((repo.value, upload_id))
+        data = self.sessions.get((repo.value, upload_id))
         if data is None:
             raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo}")
         return data
 
     async def append_upload(self, repo: RepositoryName, upload_id: str, chunks: AsyncIterator[bytes]) -> int:
         data = self._session(repo, upload_id)
+        received = bytearray()  # all or nothing: the session grows only once the whole body arrived
         async for chunk in chunks:
-            data += chunk
-            self.upload_modified[(repo.value, upload_id)] = self.clock()
+            received += chunk
+        data += received
+        self.upload_modified[(repo.value, upload_id)] = self.clock()
         return len(data)
 
     async def read_upload(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[bytes]:
@@ -102,15 +108,19 @@ class MemoryBlobStore(BlobStore):
         for offset in range(0, len(data), _CHUNK):
             yield data[offset:offset + _CHUNK]
 
-    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> None:
-        data = self._session(repo, upload_id)
-        self.blobs.setdefault(digest, bytes(data))
-        self.used[digest] = self.clock()
+    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest, size: int) -> None:
+        data = bytes(self._session(repo, upload_id))
         await self.cancel_upload(repo, upload_id)
+        if len(data) != size:
+            raise BlobUploadInvalid(f"upload {upload_id} holds {len(data)} bytes, not the {size} hashed")
+        existing = self.blobs.get(digest)
+        if existing is None or len(existing) != size:
+            self.blobs[digest] = data
+        self.used[digest] = self.clock()
 
     async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
         self.upload_modified.pop((repo.value, upload_id), None)
-        return self.uploads.pop((repo.value, upload_id), None) is not None
+        return self.sessions.pop((repo.value, upload_id), None) is not None
 
 
 class MemoryRepositoryStore(RepositoryStore):
@@ -159,6 +169,9 @@ class MemoryRepositoryStore(RepositoryStore):
     async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return digest in self.manifests.get(repo.value, ())
 
+    async def manifest_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
+        return self.manifests.get(repo.value, {}).get(digest)
+
     async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return dict(self.manifests.get(repo.value, {}))
 
@@ -191,6 +204,7 @@ class MemoryLocks(Locks):
     """The Locks port within one process: a readers-writer lock that lets a waiting collector in first."""
 
     def __init__(self) -> None:
+        self._sessions: set[tuple[str, str]] = set()
         self._collecting = False
         self._readers = 0
         self._writer = False
@@ -241,3 +255,15 @@ class MemoryLocks(Locks):
             async with self._changed:
                 self._writer = False
                 self._changed.notify_all()
+
+    @asynccontextmanager
+    async def session(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[None]:
+        key = (repo.value, upload_id)
+        if key in self._sessions:
+            raise UploadBusy(f"upload {upload_id} is in use by another request: ask for its status and resume",
+                             detail={"upload": upload_id})
+        self._sessions.add(key)
+        try:
+            yield
+        finally:
+            self._sessions.discard(key)

@@ -35,6 +35,13 @@ class RangeNotSatisfiable(BlobUploadInvalid):
     default_message = "requested range not satisfiable"
 
 
+class UploadBusy(RangeNotSatisfiable):
+    """Another request is using the upload session. Answered like an out-of-order chunk (416), so a
+    client does what the spec says it does then: ask for the session's status and resume."""
+
+    default_message = "upload is in use by another request"
+
+
 class BlobUploadUnknown(RegistryError):
     code = "BLOB_UPLOAD_UNKNOWN"
     default_message = "blob upload unknown to registry"

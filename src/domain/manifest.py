@@ -180,6 +180,39 @@ def parse_manifest(raw: bytes, content_type: str | None = None, *, max_reference
                     artifact_type=artifact_type, annotations=annotations)
 
 
+SCHEMA1_LAYER = "application/vnd.docker.container.image.rootfs.diff+x-gtar"
+
+
+def parse_stored(raw: bytes) -> Manifest:
+    """A manifest as it is stored, possibly written by another registry, for the paths that must know
+    what it references (collection, repository deletion, a push protecting an index's children):
+    without the limits put on requests, and Docker schema 1 understood (its layers are
+    `fsLayers[].blobSum`; it has no config). ManifestInvalid when it cannot be read: callers then keep
+    everything it might reference."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ManifestInvalid(f"stored manifest is not valid JSON: {e}") from None
+    if isinstance(doc, dict) and doc.get("schemaVersion") == 1:
+        layers = doc.get("fsLayers")
+        if not isinstance(layers, list):
+            raise ManifestInvalid("schema 1 manifest has no fsLayers list")
+        found = []
+        for i, layer in enumerate(layers):
+            blob_sum = layer.get("blobSum") if isinstance(layer, dict) else None
+            if not isinstance(blob_sum, str):
+                raise ManifestInvalid(f"fsLayers[{i}].blobSum must be a string")
+            try:
+                found.append(Descriptor(SCHEMA1_LAYER, Digest.parse(blob_sum), 0))
+            except DigestInvalid as e:
+                raise ManifestInvalid(f"fsLayers[{i}].blobSum: {e.message}") from None
+        return Manifest(raw, Digest.of(raw), media_type_of(raw), layers=tuple(found))
+    try:
+        return parse_manifest(raw, max_references=1 << 62)
+    except Unsupported as e:
+        raise ManifestInvalid(e.message) from None
+
+
 def build_index(descriptors: list[Descriptor]) -> bytes:
     """An OCI image index listing the given descriptors (the referrers API answer)."""
     return orjson.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,

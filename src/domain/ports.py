@@ -31,7 +31,8 @@ class BlobInfo:
 class UploadInfo:
     repo: RepositoryName
     upload_id: str
-    last_modified: float
+    last_modified: float  # when bytes were last appended (or the session was opened)
+    size: int = 0
 
 
 class BlobStore(ABC):
@@ -73,8 +74,12 @@ class BlobStore(ABC):
         """Every open upload session of every repository."""
 
     @abstractmethod
+    async def uploads(self, repo: RepositoryName) -> list[str]:
+        """The ids of the repository's open upload sessions."""
+
     async def count_uploads(self, repo: RepositoryName) -> int:
         """How many upload sessions the repository has open."""
+        return len(await self.uploads(repo))
 
     async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
         """Remove what writes cut short by a crash left behind (temporary files) that nobody touched
@@ -90,20 +95,35 @@ class BlobStore(ABC):
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None: ...
 
     @abstractmethod
+    async def upload_info(self, repo: RepositoryName, upload_id: str) -> UploadInfo | None:
+        """The session's size and last change, or None when no such session exists."""
+
     async def upload_size(self, repo: RepositoryName, upload_id: str) -> int | None:
         """Bytes received so far, or None when no such session exists."""
+        info = await self.upload_info(repo, upload_id)
+        return None if info is None else info.size
 
     @abstractmethod
     async def append_upload(self, repo: RepositoryName, upload_id: str, chunks: AsyncIterator[bytes]) -> int:
-        """Append the chunks at the session's end and return its new size."""
+        """Append the chunks at the session's end and return its new size. All or nothing: when the
+        chunks or the store fail midway, the session is cut back to the size it had and the error
+        passes through. The caller holds the session's lock (Locks.session)."""
 
     @abstractmethod
     def read_upload(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[bytes]:
         """The session's bytes so far (for re-hashing when the hasher lives in another worker)."""
 
     @abstractmethod
-    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> None:
-        """Make the session's bytes the blob `digest` (a no-op move if it exists) and end the session."""
+    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest, size: int) -> None:
+        """Make the session's bytes the blob `digest` and end the session. The caller holds the session's
+        lock and has verified that the session's first `size` bytes hash to `digest`.
+
+        The adapter takes the bytes away from the session's name first, so nothing can append to them
+        any more, then checks they are exactly `size` bytes (BlobUploadInvalid otherwise, and nothing is
+        stored): what becomes the blob is what was hashed. A blob already stored with the same size is
+        kept (same digest, same bytes); one of another size cannot hash to its name and is replaced.
+        Either way the blob counts as used now (BlobInfo.last_used), so a collection running alongside
+        keeps it."""
 
     @abstractmethod
     async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
@@ -122,7 +142,8 @@ class RepositoryStore(ABC):
 
     @abstractmethod
     async def has_manifests(self, repo: RepositoryName) -> bool:
-        """False for a repository whose manifests were all deleted (it leaves the catalog)."""
+        """Whether the repository links at least one manifest. False for a repository whose manifests
+        were all deleted (it leaves the catalog), even if a crash left traces of one behind."""
 
     async def catalog(self) -> list[str]:
         """The repositories holding at least one manifest, sorted. Adapters may answer from an index."""
@@ -138,7 +159,10 @@ class RepositoryStore(ABC):
 
     @abstractmethod
     async def delete_repository(self, repo: RepositoryName) -> bool:
-        """Remove everything the repository holds (not nested repositories, not shared blob bytes)."""
+        """Remove what is left of a repository: its links, referrer records, empty structure and catalog
+        entry (not nested repositories, not blob bytes, not upload sessions: the BlobStore owns those).
+        Callers remove tags and manifests first (DeleteRepository orders that), so that a crash midway
+        leaves a repository whole to readers. Returns whether the repository existed."""
 
     # Linking again refreshes the link's time: that is how a push protects what it uses from collection.
     @abstractmethod
@@ -163,6 +187,10 @@ class RepositoryStore(ABC):
 
     @abstractmethod
     async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool: ...
+
+    @abstractmethod
+    async def manifest_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
+        """When the repository last linked the manifest; None when it does not link it."""
 
     @abstractmethod
     async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
@@ -212,11 +240,22 @@ class ImageSource(ABC):
 
 
 class Locks(ABC):
-    """Coordination between pushes and the garbage collector, across every worker and process.
+    """Coordination between requests, across every worker and process sharing the storage (and, with a
+    database behind it, every replica). The invariants the use-cases build on them:
 
-    Pushes hold `shared()` while they check and link what they depend on; the collector holds
-    `exclusive()` while it re-checks and deletes a batch. `collector()` admits one collector at a time
-    and raises CollectionRunning for the others."""
+    - `shared()` is held by what makes content reachable: committing an upload and linking its blob, a
+      mount, a HEAD that refreshes a blob's time, a manifest PUT while it checks, refreshes and links
+      everything it reaches (children, config, layers) and sets its tag. Times only move forward under
+      it.
+    - `exclusive()` is held by what removes reachable content: each batch of a collection's sweep
+      (which re-checks every candidate's time under it), DELETE of a manifest, a tag or a blob link, and
+      repository deletion. So a removal never interleaves with a push that makes the same content
+      reachable: a tag never names a manifest that is gone, and nothing a push refreshed after the
+      collection's mark is removed.
+    - `collector()` admits one collection at a time and raises CollectionRunning for the others.
+    - `session(repo, upload_id)` is held by every request that reads, appends to, completes or cancels
+      an upload session: one request at a time. It never waits: a second request raises UploadBusy at
+      once. Taking it for a session that does not exist succeeds (the caller then finds it unknown)."""
 
     @abstractmethod
     def collector(self) -> AbstractAsyncContextManager[None]: ...
@@ -226,3 +265,6 @@ class Locks(ABC):
 
     @abstractmethod
     def exclusive(self) -> AbstractAsyncContextManager[None]: ...
+
+    @abstractmethod
+    def session(self, repo: RepositoryName, upload_id: str) -> AbstractAsyncContextManager[None]: ...

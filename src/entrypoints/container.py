@@ -79,25 +79,25 @@ class Container(containers.DeclarativeContainer):
     hashers = providers.Singleton(HasherCache)
 
     start_upload = providers.Singleton(StartUpload, adapters.blobs, clock, new_upload_id, adapters.locks, limits)
-    append_upload = providers.Singleton(AppendUpload, adapters.blobs, hashers, limits)
+    append_upload = providers.Singleton(AppendUpload, adapters.blobs, hashers, limits, adapters.locks)
     complete_upload = providers.Singleton(CompleteUpload, adapters.blobs, adapters.repos, hashers, append_upload,
                                           adapters.locks)
     upload_blob = providers.Singleton(UploadBlob, adapters.blobs, start_upload, complete_upload)
-    cancel_upload = providers.Singleton(CancelUpload, adapters.blobs, hashers)
+    cancel_upload = providers.Singleton(CancelUpload, adapters.blobs, hashers, adapters.locks)
     get_upload_status = providers.Singleton(GetUploadStatus, adapters.blobs)
     mount_blob = providers.Singleton(MountBlob, adapters.blobs, adapters.repos, adapters.locks)
     stat_blob = providers.Singleton(StatBlob, adapters.blobs, adapters.repos, adapters.locks, clock,
                                     config.gc_grace_seconds)
     read_blob = providers.Singleton(ReadBlob, adapters.blobs, stat_blob)
-    delete_blob = providers.Singleton(DeleteBlob, adapters.repos)
+    delete_blob = providers.Singleton(DeleteBlob, adapters.repos, adapters.locks)
     put_manifest = providers.Singleton(PutManifest, adapters.blobs, adapters.repos, limits, adapters.locks)
     get_manifest = providers.Singleton(GetManifest, adapters.blobs, adapters.repos)
-    delete_manifest = providers.Singleton(DeleteManifest, adapters.blobs, adapters.repos)
+    delete_manifest = providers.Singleton(DeleteManifest, adapters.blobs, adapters.repos, adapters.locks)
     list_tags = providers.Singleton(ListTags, adapters.repos)
     list_repositories = providers.Singleton(ListRepositories, adapters.repos)
     list_referrers = providers.Singleton(ListReferrers, adapters.blobs, adapters.repos)
-    delete_repository = providers.Singleton(DeleteRepository, adapters.repos, adapters.locks)
-    purge_uploads = providers.Singleton(PurgeUploads, adapters.blobs, adapters.repos, clock,
+    delete_repository = providers.Singleton(DeleteRepository, adapters.blobs, adapters.repos, adapters.locks)
+    purge_uploads = providers.Singleton(PurgeUploads, adapters.blobs, adapters.repos, adapters.locks, clock,
                                         config.upload_max_idle_seconds)
     collect_garbage = providers.Singleton(CollectGarbage, adapters.blobs, adapters.repos, adapters.locks, clock,
                                           config.gc_grace_seconds, purge_uploads)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from domain.digest import Digest
-from domain.errors import BlobUnknown, BlobUploadUnknown
+from domain.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
 from domain.names import RepositoryName
 from domain.ports import BlobInfo, BlobStore, UploadInfo
 
@@ -86,7 +86,7 @@ class FilesystemBlobStore(BlobStore):
                 for hex_ in _listdir(os.path.join(root, algorithm, prefix)):
                     try:
                         digest = Digest.parse(f"{algorithm}:{hex_}")
-                    except Exception:
+                    except DigestInvalid:
                         continue
                     info = await self.info(digest)
                     if info is not None:
@@ -114,13 +114,20 @@ class FilesystemBlobStore(BlobStore):
     async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
         return remove_debris(self.layout.blobs_root, self.layout.is_debris, older_than, dry_run)
 
-    async def count_uploads(self, repo: RepositoryName) -> int:
-        return len(_listdir(self.layout.uploads_dir(repo)))
+    async def uploads(self, repo: RepositoryName) -> list[str]:
+        return _listdir(self.layout.uploads_dir(repo))
 
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at))
         write_atomic(self.layout.upload_started(repo, upload_id), stamp.encode())
         write_atomic(self.layout.upload_data(repo, upload_id), b"")
+
+    async def upload_info(self, repo: RepositoryName, upload_id: str) -> UploadInfo | None:
+        try:
+            st = os.stat(self.layout.upload_data(repo, upload_id))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return UploadInfo(repo, upload_id, st.st_mtime, st.st_size)
 
     async def upload_size(self, repo: RepositoryName, upload_id: str) -> int | None:
         try:
@@ -137,67 +144,100 @@ class FilesystemBlobStore(BlobStore):
 
     async def append_upload(self, repo: RepositoryName, upload_id: str, chunks: AsyncIterator[bytes]) -> int:
         with self._open_session(repo, upload_id, "ab") as f:
-            writing: asyncio.Future | None = None  # the previous large chunk, still being written
-            syncing: asyncio.Future | None = None  # a background flush to disk (durable only)
-            unsynced = 0
+            before = f.tell()
             try:
-                async for chunk in chunks:  # errors of the stream itself pass through unchanged
-                    try:
-                        if writing is not None:
-                            await writing
-                            writing = None
-                        if len(chunk) >= THREAD_WRITE_MIN:
-                            writing = asyncio.ensure_future(asyncio.to_thread(f.write, chunk))
-                        else:
-                            f.write(chunk)
-                        unsynced += len(chunk)
-                        if self.durable and unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
-                            if syncing is not None:
-                                syncing.result()
-                            syncing = asyncio.ensure_future(asyncio.to_thread(_flush_to_disk, f))
-                            unsynced = 0
-                    except OSError as e:
-                        raise storage_failure(e, f"writing upload {upload_id}") from e
+                await self._append(f, upload_id, chunks)
+                return f.tell()
+            except BaseException:
+                # All or nothing: a body cut short or refused leaves the session as it was.
                 try:
-                    for pending in (writing, syncing):
-                        if pending is not None:
-                            await pending
-                    writing = syncing = None
-                    f.flush()
+                    f.truncate(before)
+                except (OSError, ValueError):
+                    pass  # the client's resume asks for the size; a purge removes a broken session
+                raise
+
+    async def _append(self, f, upload_id: str, chunks: AsyncIterator[bytes]) -> None:
+        writing: asyncio.Future | None = None  # the previous large chunk, still being written
+        syncing: asyncio.Future | None = None  # a background flush to disk (durable only)
+        unsynced = 0
+        try:
+            async for chunk in chunks:  # errors of the stream itself pass through unchanged
+                try:
+                    if writing is not None:
+                        await writing
+                        writing = None
+                    if len(chunk) >= THREAD_WRITE_MIN:
+                        writing = asyncio.ensure_future(asyncio.to_thread(f.write, chunk))
+                    else:
+                        f.write(chunk)
+                    unsynced += len(chunk)
+                    if self.durable and unsynced >= SYNC_EVERY and (syncing is None or syncing.done()):
+                        if syncing is not None:
+                            syncing.result()
+                        syncing = asyncio.ensure_future(asyncio.to_thread(_flush_to_disk, f))
+                        unsynced = 0
                 except OSError as e:
                     raise storage_failure(e, f"writing upload {upload_id}") from e
-            finally:
-                # Never close the file under a thread still using it (the client may have gone away).
+            try:
                 for pending in (writing, syncing):
                     if pending is not None:
-                        await asyncio.wait([pending])
-                        pending.exception()  # retrieved; the first failure was reported already
-            return f.tell()
+                        await pending
+                writing = syncing = None
+                f.flush()
+            except OSError as e:
+                raise storage_failure(e, f"writing upload {upload_id}") from e
+        finally:
+            # Never close or cut the file under a thread still using it (the client may have gone away).
+            for pending in (writing, syncing):
+                if pending is not None:
+                    await asyncio.wait([pending])
+                    pending.exception()  # retrieved; the first failure was reported already
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
 
     async def read_upload(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[bytes]:
         with self._open_session(repo, upload_id, "rb") as f:
             while chunk := f.read(READ_CHUNK):
                 yield chunk
 
-    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest) -> None:
+    async def commit_upload(self, repo: RepositoryName, upload_id: str, digest: Digest, size: int) -> None:
         source = self.layout.upload_data(repo, upload_id)
         target = self.layout.blob_data(digest)
-        if not os.path.exists(source):
-            raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo}", detail={"upload": upload_id})
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
-            if os.path.exists(target):
+            make_dirs(os.path.dirname(target), self.durable)
+            try:
+                # Same filesystem: the bytes leave the session's name atomically; nothing appends after.
+                os.rename(source, tmp)
+            except (FileNotFoundError, NotADirectoryError):
+                raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo}",
+                                        detail={"upload": upload_id}) from None
+            moved = os.stat(tmp).st_size
+            if moved != size:
+                os.unlink(tmp)
+                raise BlobUploadInvalid(f"upload {upload_id} holds {moved} bytes, not the {size} bytes hashed: "
+                                        "nothing was stored", detail={"upload": upload_id})
+            try:
+                existing = os.stat(target).st_size
+            except FileNotFoundError:
+                existing = None
+            if existing == size:  # same digest, same size: the same bytes
+                os.unlink(tmp)
                 os.utime(target)
             else:
                 if self.durable:
-                    await asyncio.to_thread(_sync_file, source)
-                make_dirs(os.path.dirname(target), self.durable)
-                # Same filesystem: an atomic rename, so the blob appears whole or not at all.
-                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-                os.rename(source, tmp)
-                os.replace(tmp, target)
+                    await asyncio.to_thread(_sync_file, tmp)
+                os.utime(tmp)  # a rename keeps the session's time; the blob is used now
+                os.replace(tmp, target)  # the blob appears whole or not at all
                 if self.durable:
                     fsync_dir(os.path.dirname(target))
         except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             raise storage_failure(e, f"committing upload {upload_id} as {digest}") from e
         remove_tree(self.layout.upload_dir(repo, upload_id))
 

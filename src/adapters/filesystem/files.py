@@ -8,7 +8,7 @@ import shutil
 import uuid
 
 from domain.digest import Digest
-from domain.errors import StorageFailure
+from domain.errors import DigestInvalid, StorageFailure
 
 
 def storage_failure(err: OSError, what: str) -> StorageFailure:
@@ -75,16 +75,35 @@ def read_link(path: str) -> Digest | None:
         return None
     try:
         return Digest.parse(text)
-    except Exception:
+    except DigestInvalid:
         return None
 
 
 def remove_tree(path: str) -> bool:
-    try:
-        shutil.rmtree(path)
-        return True
-    except (FileNotFoundError, NotADirectoryError):
+    """Remove a file tree; False when there was nothing. Entries that vanish meanwhile (another request
+    removing the same tree) are skipped, never taken as the end of the work."""
+    if not os.path.lexists(path):
         return False
+
+    def vanished(_function, _path, exc_info) -> None:
+        if not issubclass(exc_info[0], FileNotFoundError):
+            raise exc_info[1]
+
+    try:
+        shutil.rmtree(path, onerror=vanished)
+    except NotADirectoryError:
+        os.unlink(path)
+    return True
+
+
+def link_time(path: str, digest: Digest) -> float | None:
+    """The link file's mtime when it names `digest`; None otherwise."""
+    if read_link(path) != digest:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def link_times(base: str) -> dict[Digest, float]:

@@ -114,6 +114,11 @@ class Layout:
     def upload_started(self, repo: RepositoryName, upload_id: str) -> str:
         return os.path.join(self.upload_dir(repo, upload_id), "startedat")
 
+    def upload_lock(self, repo: RepositoryName, upload_id: str) -> str:
+        """The file a request flocks while it uses the session: `startedat`, which lives exactly as long
+        as the session and is never renamed (the data file is, when it becomes a blob)."""
+        return self.upload_started(repo, upload_id)
+
     def referrers_dir(self, repo: RepositoryName, subject: Digest) -> str:
         return os.path.join(self.repository(repo), "_referrers", subject.algorithm, subject.hex)
 
@@ -140,9 +145,15 @@ class Layout:
         return os.path.join(self.manifests_dir(repo), "revisions")
 
     def repository_parts(self, repo: RepositoryName) -> list[str]:
-        """What a repository owns in its directory (nested repositories live beside these)."""
+        """What the repository store keeps in a repository's directory (nested repositories live beside
+        these; `_uploads` belongs to the blob store), in the order a removal takes them: what readers
+        follow first."""
         base = self.repository(repo)
-        return [os.path.join(base, part) for part in ("_layers", "_manifests", "_uploads", "_referrers")]
+        return [os.path.join(base, part) for part in ("_manifests", "_referrers", "_layers")]
+
+    def link_dirs(self, repository_path: str) -> list[str]:
+        """The `<alg>/<hex>/link` trees of a repository directory: manifest revisions and blob links."""
+        return [os.path.join(repository_path, "_manifests", "revisions"), os.path.join(repository_path, "_layers")]
 
     def probe_file(self) -> str:
         return os.path.join(self.v2, f".ready-probe-{os.getpid()}")

@@ -1,8 +1,12 @@
 """The Locks port with flock(2) on files under the storage root, so every worker and every process on
-this machine (server, CLI, scripts) coordinates through the same files.
+this machine (server, CLI, scripts) coordinates through the same files. flock locks belong to an open
+file, so two requests of one process exclude each other as two processes do.
 
 Writer preference: the collector first takes `gate` exclusively, which stops new pushes from entering,
-then waits for the pushes already inside `writes` to leave. Pushes pass through `gate` briefly."""
+then waits for the pushes already inside `writes` to leave. Pushes pass through `gate` briefly.
+
+An upload session's lock is a flock on its `startedat` file, which lives exactly as long as the session;
+a request that got the lock on a session removed meanwhile then finds the session unknown."""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from domain.errors import CollectionRunning
+from domain.errors import CollectionRunning, UploadBusy
+from domain.names import RepositoryName
 from domain.ports import Locks
 
 from .layout import Layout
@@ -83,3 +88,20 @@ class FilesystemLocks(Locks):
         finally:
             os.close(writes)
             os.close(gate)
+
+    @asynccontextmanager
+    async def session(self, repo: RepositoryName, upload_id: str) -> AsyncIterator[None]:
+        try:
+            fd = os.open(self.layout.upload_lock(repo, upload_id), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            yield  # no such session: the caller finds it unknown
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UploadBusy(f"upload {upload_id} is in use by another request: ask for its status and "
+                                 "resume", detail={"upload": upload_id}) from None
+            yield
+        finally:
+            os.close(fd)

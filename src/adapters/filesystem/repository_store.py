@@ -2,30 +2,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 
 from domain.digest import Digest
 from domain.names import RepositoryName, Tag
 from domain.ports import RepositoryStore
 
-from .files import fsync_dir, link_times, read_link, refresh_link, remove_debris, remove_tree, write_link
+from .files import fsync_dir, link_time, link_times, read_link, refresh_link, remove_debris, remove_tree, write_link
 from .layout import Layout
 
 
 class FilesystemRepositoryStore(RepositoryStore):
     """Listing a large registry would mean walking a large tree, so the catalog has an index on disk:
-    one marker file per repository holding a manifest, added when a repository gains its first
-    manifest and removed when it loses its last. A storage root without a complete index (written by
-    Distribution, or dropped by a garbage collection) is walked once to build it. The catalog and each
-    tag list are also cached in the process and checked with one stat per request against their
-    directory's mtime, which changes when an entry is added or removed; so every worker and process
-    sharing the storage sees changes at once."""
+    one marker file per repository holding a manifest, added whenever a manifest is linked and removed
+    when a repository loses its last one. A storage root without a complete index (written by
+    Distribution, or dropped by a garbage collection) is walked once to build it. Listings are read
+    from storage on every call: no cache keyed on directory times, whose resolution (a kernel tick, or
+    a second on some file systems) would let a change go unseen."""
 
     def __init__(self, layout: Layout, durable: bool = False) -> None:
         self.layout, self.durable = layout, durable
-        self._catalog: tuple[int, list[str]] | None = None
-        self._tags: dict[str, tuple[int, list[str]]] = {}
 
     async def exists(self, repo: RepositoryName) -> bool:
         return self.layout.is_repository(self.layout.repository(repo))
@@ -52,14 +48,7 @@ class FilesystemRepositoryStore(RepositoryStore):
     async def catalog(self) -> list[str]:
         if not os.path.exists(self.layout.catalog_complete()):
             await self.refresh_catalog()
-        directory = self.layout.catalog_dir()
-        changed = _mtime_ns(directory)
-        cached = self._catalog
-        if cached is not None and changed is not None and cached[0] == changed and _settled(changed):
-            return cached[1]
-        names = sorted(n.replace("+", "/") for n in _listdir(directory) if not n.startswith("."))
-        self._catalog = (changed, names) if changed is not None else None
-        return names
+        return sorted(n.replace("+", "/") for n in _listdir(self.layout.catalog_dir()) if not n.startswith("."))
 
     async def refresh_catalog(self) -> None:
         """Walk the storage and reconcile the catalog index with it, in a thread: on a large storage the
@@ -83,17 +72,23 @@ class FilesystemRepositoryStore(RepositoryStore):
         return self._has_manifests(repo)
 
     def _has_manifests(self, repo: RepositoryName) -> bool:
+        """A revision counts only with its link file: a crash can leave an empty revision directory."""
         base = self.layout.revisions_dir(repo)
-        try:
-            return any(os.listdir(os.path.join(base, a)) for a in os.listdir(base))
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        for algorithm in _listdir(base):
+            for hex_ in _listdir(os.path.join(base, algorithm)):
+                if os.path.exists(os.path.join(base, algorithm, hex_, "link")):
+                    return True
+        return False
 
     async def delete_repository(self, repo: RepositoryName) -> bool:
         existed = await self.exists(repo)
-        self._tags.pop(repo.value, None)
+        # What a reader follows goes first: tags and revisions, then the links and records behind them.
         for part in self.layout.repository_parts(repo):
             remove_tree(part)
+        try:
+            os.rmdir(self.layout.uploads_dir(repo))  # only when the blob store left it empty
+        except OSError:
+            pass
         # Drop now-empty directories up to the repositories root; nested repositories keep theirs.
         path = self.layout.repository(repo)
         while path != self.layout.repositories_root:
@@ -116,32 +111,51 @@ class FilesystemRepositoryStore(RepositoryStore):
 
     async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
         # Upload sessions have their own purge.
-        return remove_debris(self.layout.repositories_root, self.layout.is_debris, older_than, dry_run,
-                             skip="_uploads")
+        found = remove_debris(self.layout.repositories_root, self.layout.is_debris, older_than, dry_run,
+                              skip="_uploads")
+        return found + await asyncio.to_thread(self._purge_unlinked, older_than, dry_run)
+
+    def _purge_unlinked(self, older_than: float, dry_run: bool) -> int:
+        """Link directories without their link file (a crash between making the directory and writing
+        the link, or between removing the link and the directory): they name nothing, so they go."""
+        found = 0
+        for name in self._walk():
+            for base in self.layout.link_dirs(os.path.join(self.layout.repositories_root, name)):
+                for algorithm in _listdir(base):
+                    for hex_ in _listdir(os.path.join(base, algorithm)):
+                        path = os.path.join(base, algorithm, hex_)
+                        try:
+                            if os.path.exists(os.path.join(path, "link")) or os.stat(path).st_mtime >= older_than:
+                                continue
+                            if not dry_run:
+                                os.rmdir(path)
+                            found += 1
+                        except OSError:
+                            continue  # gone, or written to meanwhile
+        return found
 
     async def blob_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
-        path = self.layout.layer_link(repo, digest)
-        if read_link(path) != digest:
-            return None
-        try:
-            return os.stat(path).st_mtime
-        except (FileNotFoundError, NotADirectoryError):
-            return None
+        return link_time(self.layout.layer_link(repo, digest), digest)
 
     async def unlink_blob(self, repo: RepositoryName, digest: Digest) -> bool:
         return remove_tree(os.path.dirname(self.layout.layer_link(repo, digest)))
 
     async def link_manifest(self, repo: RepositoryName, digest: Digest) -> None:
-        first = not await self.has_manifests(repo)
         refresh_link(self.layout.revision_link(repo, digest), digest, self.durable)
-        if first:
-            _touch(self.layout.catalog_marker(repo))
+        # Checked after every link, not guessed before it: a removal of the repository's last manifest
+        # running alongside may have just dropped the marker.
+        marker = self.layout.catalog_marker(repo)
+        if not os.path.exists(marker):
+            _touch(marker)
 
     async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
         return link_times(self.layout.revisions_dir(repo))
 
     async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return read_link(self.layout.revision_link(repo, digest)) == digest
+
+    async def manifest_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
+        return link_time(self.layout.revision_link(repo, digest), digest)
 
     async def unlink_manifest(self, repo: RepositoryName, digest: Digest) -> bool:
         removed = remove_tree(self.layout.revision_dir(repo, digest))
@@ -182,21 +196,8 @@ class FilesystemRepositoryStore(RepositoryStore):
         return True
 
     async def tags(self, repo: RepositoryName) -> list[str]:
-        tags_dir = self.layout.tags_dir(repo)
-        try:
-            changed = os.stat(tags_dir).st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        cached = self._tags.get(repo.value)
-        if cached is not None and cached[0] == changed and _settled(changed):
-            return cached[1]
-        try:
-            # Dot-names are tags being created or deleted (or left so by a crash): not tags.
-            names = sorted(n for n in os.listdir(tags_dir) if not n.startswith("."))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        self._tags[repo.value] = (changed, names)
-        return names
+        # Dot-names are tags being created or deleted (or left so by a crash): not tags.
+        return sorted(n for n in _listdir(self.layout.tags_dir(repo)) if not n.startswith("."))
 
     async def add_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
         write_link(self.layout.referrer_link(repo, subject, referrer), referrer, self.durable)
@@ -209,7 +210,7 @@ class FilesystemRepositoryStore(RepositoryStore):
         except (FileNotFoundError, NotADirectoryError):
             return []
         for algorithm in algorithms:
-            for hex_ in os.listdir(os.path.join(base, algorithm)):
+            for hex_ in _listdir(os.path.join(base, algorithm)):
                 digest = read_link(os.path.join(base, algorithm, hex_, "link"))
                 if digest is not None:
                     found.append(digest)
@@ -217,19 +218,6 @@ class FilesystemRepositoryStore(RepositoryStore):
 
     async def remove_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
         remove_tree(os.path.dirname(self.layout.referrer_link(repo, subject, referrer)))
-
-
-def _mtime_ns(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _settled(mtime_ns: int) -> bool:
-    """A directory changed within the last second might change again within the same mtime tick:
-    only an older mtime can vouch for a cached listing."""
-    return time.time_ns() - mtime_ns > 1_000_000_000
 
 
 def _listdir(path: str) -> list[str]:

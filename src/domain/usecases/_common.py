@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from ..digest import Digest, Hasher
 from ..errors import BlobUploadUnknown, NameUnknown, RegistryError, TooLarge
-from ..manifest import parse_manifest
 from ..names import RepositoryName, Tag
 from ..ports import BlobStore, RepositoryStore
+from ..references import References, references_of
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -44,19 +44,26 @@ async def require_repository(repos: RepositoryStore, repo: RepositoryName) -> No
         raise NameUnknown(f"repository {repo} is not known to this registry", detail={"name": str(repo)})
 
 
-async def remove_manifest(blobs: BlobStore, repos: RepositoryStore, repo: RepositoryName, digest: Digest) -> None:
-    """Take a manifest out of a repository: every tag on it, its place among its subject's referrers, its
-    link. Its bytes stay for the collector. Used by DELETE and by the garbage collector alike."""
-    for tag in await repos.tags(repo):
+async def remove_manifest(repos: RepositoryStore, repo: RepositoryName, digest: Digest, subject: Digest | None,
+                          tags: Iterable[str]) -> None:
+    """Take a manifest out of a repository: those of `tags` that name it, its place among its subject's
+    referrers, its link. Its bytes stay for the collector. The caller holds Locks.exclusive(), so no push
+    tags or links it meanwhile. Used by DELETE and by the garbage collector alike."""
+    for tag in tags:
         if await repos.resolve_tag(repo, Tag(tag)) == digest:
             await repos.delete_tag(repo, Tag(tag))
-    try:
-        manifest = parse_manifest(await blobs.get(digest))
-    except RegistryError:  # bytes gone or unreadable: there is no subject to update
-        manifest = None
-    if manifest is not None and manifest.subject is not None:
-        await repos.remove_referrer(repo, manifest.subject.digest, digest)
+    if subject is not None:
+        await repos.remove_referrer(repo, subject, digest)
     await repos.unlink_manifest(repo, digest)
+
+
+async def stored_references(blobs: BlobStore, digest: Digest) -> References | None:
+    """What a stored manifest references; None when its bytes are gone or cannot be read."""
+    try:
+        raw = await blobs.get(digest)
+    except RegistryError:
+        return None
+    return references_of(raw)
 
 
 class HasherCache:

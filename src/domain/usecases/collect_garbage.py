@@ -6,14 +6,26 @@ What stays (the mark):
 - every manifest linked within the grace period (a push in progress: children before their index,
   referrers before their subject);
 - the children of kept indexes, and manifests whose `subject` is kept (their referrers);
-- the config and layers of kept manifests, and every blob used within the grace period.
+- the config and layers of kept manifests, and every blob used within the grace period;
+- everything in a repository holding a manifest the collector cannot read (bytes gone, not JSON, an
+  unknown schema): it cannot know what that manifest references, so it frees nothing there and names
+  the manifest in the report. Stored manifests are read without request limits, schema 1 included.
 A manifest with a subject that is gone, untagged and past the grace, goes: artifacts follow their
 subject. Repository blob links no kept manifest uses go after the grace; blob bytes go when no
 repository's kept manifest references them and nobody used them within the grace.
 
-Why it is safe online: pushes hold `Locks.shared()` while they check and refresh what they use;
-each sweep batch holds `Locks.exclusive()` and re-checks every candidate's time before removing it,
-so anything a push touched after the mark survives.
+Why it is safe online: everything that makes content reachable (an upload's commit, a mount, a HEAD,
+a manifest PUT with everything it reaches transitively) marks it as used now under `Locks.shared()`;
+each sweep batch holds `Locks.exclusive()` and re-checks every candidate's time just before removing it,
+so anything a push touched after the mark survives. A manifest PUT by tag links the manifest before it
+sets the tag, so a manifest untagged at the mark whose link is still old under the lock has no tag.
+
+Crash safety: manifests go parents first (an index before its children, a referrer before its
+subject), then blob links, then blob bytes; a crash between any two steps leaves nothing reachable
+that points at something removed, and the next collection finishes the work.
+
+Cost: the mark reads each repository's links and tags once and each manifest once (kept in memory in
+compact form, shared across repositories); the sweep costs one time check per candidate.
 """
 
 from __future__ import annotations
@@ -23,11 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..digest import Digest
-from ..errors import RegistryError
-from ..manifest import Manifest, parse_manifest
 from ..names import RepositoryName, Tag
 from ..ports import BlobStore, Clock, Locks, RepositoryStore
-from ._common import remove_manifest
+from ..references import References, parents_first
+from ._common import remove_manifest, stored_references
 from .purge_uploads import PurgeUploads
 
 Progress = Callable[[str, int, int], None]
@@ -46,6 +57,7 @@ class GcReport:
     uploads_purged: int = 0
     debris_removed: int = 0
     repositories_removed: list[str] = field(default_factory=list)
+    unreadable_manifests: list[str] = field(default_factory=list)  # "name@digest": kept, with all they may use
     duration_seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -55,6 +67,7 @@ class GcReport:
             "layer_links_removed": self.layer_links_removed, "bytes_freed": self.bytes_freed,
             "uploads_purged": self.uploads_purged, "debris_removed": self.debris_removed,
             "repositories_removed": self.repositories_removed,
+            "unreadable_manifests": self.unreadable_manifests,
             "duration_seconds": round(self.duration_seconds, 3),
             "removed": {"manifests": self.manifests_removed, "blobs": self.blobs_removed},
         }
@@ -68,6 +81,7 @@ class _RepoPlan:
     blob_links: dict[Digest, float]
     keep: set[Digest] = field(default_factory=set)
     uses: set[Digest] = field(default_factory=set)  # blobs and manifests its kept manifests reference
+    doomed: list[Digest] = field(default_factory=list)  # manifests to remove, parents first
 
 
 class CollectGarbage:
@@ -83,14 +97,15 @@ class CollectGarbage:
         notify = progress or (lambda phase, done, total: None)
         async with self.locks.collector():
             horizon = self.clock() - self.grace
-            plans = await self._mark(repository, delete_untagged, horizon, notify)
-            await self._sweep_manifests(plans, horizon, dry_run, report, notify)
+            refs: dict[Digest, References | None] = {}
+            plans = await self._mark(repository, delete_untagged, horizon, refs, report, notify)
+            await self._sweep_manifests(plans, refs, horizon, dry_run, report, notify)
             await self._sweep_blob_links(plans, horizon, dry_run, report)
             await self._sweep_blobs(plans, repository, horizon, dry_run, report, notify)
             if repository is None:
                 purged = await self.purge(dry_run)
                 report.uploads_purged, report.debris_removed = purged.uploads, purged.debris
-            await self._drop_empty_repositories(plans, horizon, dry_run, report)
+            await self._drop_empty_repositories(plans, dry_run, report)
             if not dry_run:
                 await self.repos.refresh_catalog()
         report.duration_seconds = time.monotonic() - started
@@ -98,29 +113,29 @@ class CollectGarbage:
 
     # -- mark --------------------------------------------------------------------------------------
     async def _mark(self, scope: RepositoryName | None, delete_untagged: bool, horizon: float,
-                    notify: Progress) -> list[_RepoPlan]:
+                    refs: dict[Digest, References | None], report: GcReport, notify: Progress) -> list[_RepoPlan]:
         names = await self.repos.repositories()
         plans = []
-        parsed: dict[Digest, Manifest | None] = {}  # manifests shared by repositories are read once
         for i, name in enumerate(names):
             repo = RepositoryName(name)
             plan = _RepoPlan(repo, scope is None or scope == repo,
                              await self.repos.manifest_links(repo), await self.repos.blob_links(repo))
-            await self._mark_repository(plan, delete_untagged, horizon, parsed)
+            await self._mark_repository(plan, delete_untagged, horizon, refs, report)
             plans.append(plan)
             notify("mark", i + 1, len(names))
         return plans
 
     async def _mark_repository(self, plan: _RepoPlan, delete_untagged: bool, horizon: float,
-                               cache: dict[Digest, Manifest | None]) -> None:
-        parsed: dict[Digest, Manifest | None] = {}
+                               refs: dict[Digest, References | None], report: GcReport) -> None:
+        unreadable = []
         for digest in plan.manifest_links:
-            if digest not in cache:
-                try:
-                    cache[digest] = parse_manifest(await self.blobs.get(digest))
-                except RegistryError:
-                    cache[digest] = None  # unreadable: keep it, we cannot know what it references
-            parsed[digest] = cache[digest]
+            if digest not in refs:  # manifests shared by repositories are read once
+                refs[digest] = await stored_references(self.blobs, digest)
+            if refs[digest] is None:
+                unreadable.append(digest)
+        if unreadable and plan.in_scope:
+            report.unreadable_manifests.extend(f"{plan.repo}@{d}" for d in sorted(unreadable))
+            plan.in_scope = False  # it might use anything here: keep it all
         tagged = set()
         for tag in await self.repos.tags(plan.repo):
             target = await self.repos.resolve_tag(plan.repo, Tag(tag))
@@ -130,46 +145,51 @@ class CollectGarbage:
             roots = set(plan.manifest_links)
         else:
             roots = {d for d, linked_at in plan.manifest_links.items()
-                     if d in tagged or linked_at >= horizon or parsed[d] is None
-                     or (not delete_untagged and parsed[d].subject is None)}
+                     if d in tagged or linked_at >= horizon or (not delete_untagged and refs[d].subject is None)}
+        referrers: dict[Digest, list[Digest]] = {}
+        for digest in plan.manifest_links:
+            ref = refs[digest]
+            if ref is not None and ref.subject is not None:
+                referrers.setdefault(ref.subject, []).append(digest)
         keep: set[Digest] = set()
         pending = list(roots)
-        while pending:
-            while pending:
-                digest = pending.pop()
-                if digest in keep or digest not in plan.manifest_links:
-                    continue
-                keep.add(digest)
-                manifest = parsed[digest]
-                if manifest is not None:
-                    pending.extend(child.digest for child in manifest.manifests)
-            # Referrers of what is kept stay too; that may keep more children, so repeat.
-            pending = [d for d, m in parsed.items()
-                       if d not in keep and m is not None and m.subject is not None and m.subject.digest in keep]
+        while pending:  # kept: the roots, children of kept indexes, referrers of kept manifests
+            digest = pending.pop()
+            if digest in keep or digest not in plan.manifest_links:
+                continue
+            keep.add(digest)
+            ref = refs[digest]
+            if ref is not None:
+                pending.extend(ref.children)
+            pending.extend(referrers.get(digest, ()))
         plan.keep = keep
         for digest in keep:
             plan.uses.add(digest)
-            manifest = parsed[digest]
-            if manifest is not None:
-                plan.uses.update(manifest.required_blobs())
-                plan.uses.update(child.digest for child in manifest.manifests)
+            ref = refs[digest]
+            if ref is not None:
+                plan.uses.update(ref.blobs)
+                plan.uses.update(ref.children)
         # A blob linked within the grace belongs to a push in progress.
         plan.uses.update(d for d, linked_at in plan.blob_links.items() if linked_at >= horizon)
         if not plan.in_scope:
             plan.uses.update(plan.blob_links)
+        else:
+            plan.doomed = parents_first((d for d in plan.manifest_links if d not in keep), refs)
 
     # -- sweep -------------------------------------------------------------------------------------
-    async def _sweep_manifests(self, plans: list[_RepoPlan], horizon: float, dry_run: bool, report: GcReport,
-                               notify: Progress) -> None:
-        doomed = [(p.repo, d) for p in plans if p.in_scope for d in p.manifest_links if d not in p.keep]
+    async def _sweep_manifests(self, plans: list[_RepoPlan], refs: dict[Digest, References | None], horizon: float,
+                               dry_run: bool, report: GcReport, notify: Progress) -> None:
+        doomed = [(p.repo, d) for p in plans for d in p.doomed]
         for start in range(0, len(doomed), BATCH):
             async with self.locks.exclusive():
                 for repo, digest in doomed[start:start + BATCH]:
-                    linked_at = (await self.repos.manifest_links(repo)).get(digest) if not dry_run else 0.0
-                    if linked_at is None or linked_at >= horizon:
-                        continue  # gone already, or pushed again since the mark
                     if not dry_run:
-                        await remove_manifest(self.blobs, self.repos, repo, digest)
+                        linked_at = await self.repos.manifest_link_time(repo, digest)
+                        if linked_at is None or linked_at >= horizon:
+                            continue  # gone already, or pushed again (or reached by a push) since the mark
+                        ref = refs[digest]
+                        # Untagged at the mark, and not linked since: no tag can name it (see the module doc).
+                        await remove_manifest(self.repos, repo, digest, ref.subject if ref else None, ())
                     report.manifests_removed.append(f"{repo}@{digest}")
             notify("manifests", min(start + BATCH, len(doomed)), len(doomed))
 
@@ -181,15 +201,13 @@ class CollectGarbage:
             doomed = [d for d, linked_at in plan.blob_links.items() if d not in plan.uses and linked_at < horizon]
             for start in range(0, len(doomed), BATCH):
                 async with self.locks.exclusive():
-                    current = await self.repos.blob_links(plan.repo)
                     for digest in doomed[start:start + BATCH]:
-                        linked_at = current.get(digest)
-                        if linked_at is None or linked_at >= horizon:
-                            continue
                         if not dry_run:
+                            linked_at = await self.repos.blob_link_time(plan.repo, digest)
+                            if linked_at is None or linked_at >= horizon:
+                                continue
                             await self.repos.unlink_blob(plan.repo, digest)
                         report.layer_links_removed += 1
-
     async def _sweep_blobs(self, plans: list[_RepoPlan], scope: RepositoryName | None, horizon: float,
                            dry_run: bool, report: GcReport, notify: Progress) -> None:
         used: set[Digest] = set()
@@ -214,8 +232,7 @@ class CollectGarbage:
                     report.bytes_freed += info.size
             notify("blobs", min(start + BATCH, len(candidates)), len(candidates))
 
-    async def _drop_empty_repositories(self, plans: list[_RepoPlan], horizon: float, dry_run: bool,
-                                       report: GcReport) -> None:
+    async def _drop_empty_repositories(self, plans: list[_RepoPlan], dry_run: bool, report: GcReport) -> None:
         """A repository left with nothing (no manifests, no links, no uploads) is removed entirely."""
         if dry_run:
             return

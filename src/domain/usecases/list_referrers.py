@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from ..digest import Digest
 from ..errors import RegistryError
-from ..manifest import Descriptor, build_index, parse_manifest
+from ..manifest import Descriptor, build_index, parse_stored
 from ..names import RepositoryName
 from ..ports import BlobStore, RepositoryStore
 
@@ -20,7 +20,7 @@ class ListReferrers:
             if not await self.repos.manifest_linked(repo, digest):
                 continue
             try:
-                descriptor = parse_manifest(await self.blobs.get(digest)).referrer_descriptor()
+                descriptor = parse_stored(await self.blobs.get(digest)).referrer_descriptor()
             except RegistryError:
                 continue
             descriptor = Descriptor(descriptor.media_type, digest, descriptor.size,

@@ -1,4 +1,5 @@
 import asyncio
+import os
 import time
 
 import pytest
@@ -6,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domain.digest import Digest
-from domain.errors import BlobUnknown, BlobUploadUnknown
+from domain.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown
 from domain.names import RepositoryName
 
 R = RepositoryName("lib/x")
@@ -61,7 +62,7 @@ def test_upload_append_across_sessions_and_commit(blob_store):
     assert run(blob_store.append_upload(R, UID, gen(b"\xff\x00"))) == 6
     assert run(collect(blob_store.read_upload(R, UID))) == b"abcd\xff\x00"
     d = Digest.of(b"abcd\xff\x00")
-    run(blob_store.commit_upload(R, UID, d))
+    run(blob_store.commit_upload(R, UID, d, 6))
     assert run(blob_store.get(d)) == b"abcd\xff\x00"
     assert run(blob_store.upload_size(R, UID)) is None
     with pytest.raises(BlobUploadUnknown):
@@ -73,7 +74,7 @@ def test_commit_of_existing_blob_keeps_it(blob_store):
     run(blob_store.put(d, b"same"))
     run(blob_store.create_upload(R, UID, 0.0))
     run(blob_store.append_upload(R, UID, gen(b"same")))
-    run(blob_store.commit_upload(R, UID, d))
+    run(blob_store.commit_upload(R, UID, d, 4))
     assert run(blob_store.get(d)) == b"same"
     assert run(blob_store.upload_size(R, UID)) is None
 
@@ -153,7 +154,7 @@ def test_large_chunks_are_stored_whole_and_in_order(blob_store):
     assert run(blob_store.append_upload(R, UID, gen(*pieces))) == len(data)
     assert run(collect(blob_store.read_upload(R, UID))) == data
     d = Digest.of(data)
-    run(blob_store.commit_upload(R, UID, d))
+    run(blob_store.commit_upload(R, UID, d, len(data)))
     assert run(blob_store.get(d)) == data
 
 
@@ -172,3 +173,76 @@ def test_a_stream_that_breaks_keeps_what_was_written(blob_store):
     stored = run(collect(blob_store.read_upload(R, UID)))
     assert len(stored) == size and (b"a" * (1 << 20) + b"b" * 10).startswith(stored)
     assert run(blob_store.append_upload(R, UID, gen(b"z"))) == size + 1
+
+
+async def _failing(*chunks):
+    for c in chunks:
+        yield c
+    raise ConnectionResetError("the client hung up mid-body")
+
+
+def test_append_is_all_or_nothing(blob_store):
+    """A body that fails midway (large pieces too, which take the threaded write path) leaves the
+    session exactly as it was: a client resumes from the size the registry reports."""
+    run(blob_store.create_upload(R, UID, 0.0))
+    run(blob_store.append_upload(R, UID, gen(b"kept")))
+    for pieces in [(b"lost",), (b"x" * (1 << 20), b"y" * (300 << 10))]:
+        with pytest.raises(ConnectionResetError):
+            run(blob_store.append_upload(R, UID, _failing(*pieces)))
+        assert run(blob_store.upload_size(R, UID)) == 4
+        assert run(collect(blob_store.read_upload(R, UID))) == b"kept"
+    assert run(blob_store.append_upload(R, UID, gen(b"more"))) == 8
+
+
+def test_upload_info_and_listing(blob_store):
+    assert run(blob_store.uploads(R)) == [] and run(blob_store.upload_info(R, UID)) is None
+    before = time.time() - 1
+    run(blob_store.create_upload(R, UID, before))
+    run(blob_store.append_upload(R, UID, gen(b"abc")))
+    info = run(blob_store.upload_info(R, UID))
+    assert (info.repo, info.upload_id, info.size) == (R, UID, 3) and info.last_modified >= before
+    assert run(blob_store.uploads(R)) == [UID] and run(blob_store.count_uploads(R)) == 1
+    assert run(blob_store.uploads(RepositoryName("lib"))) == []
+
+
+def test_commit_refuses_bytes_other_than_those_hashed(blob_store):
+    """The caller hashed `size` bytes; a session holding anything else (another request appended
+    meanwhile) must not become the blob."""
+    run(blob_store.create_upload(R, UID, 0.0))
+    run(blob_store.append_upload(R, UID, gen(b"hashed+extra")))
+    d = Digest.of(b"hashed")
+    with pytest.raises(BlobUploadInvalid):
+        run(blob_store.commit_upload(R, UID, d, 6))
+    assert run(blob_store.stat(d)) is None
+
+
+def test_commit_marks_the_blob_used_now(blob_store):
+    """A session written long ago becomes a blob that counts as used at its commit, so a collection
+    running alongside (whose horizon is before the commit) keeps it; also when the blob existed."""
+    for existing in (False, True):
+        data = b"old session bytes"
+        d = Digest.of(data)
+        if existing:
+            run(blob_store.put(d, data))
+        run(blob_store.create_upload(R, UID, 0.0))
+        run(blob_store.append_upload(R, UID, gen(data)))
+        layout = getattr(blob_store, "layout", None)
+        if layout is not None:  # the session's bytes were last written a day ago
+            os.utime(layout.upload_data(R, UID), (time.time() - 86400,) * 2)
+            if existing:
+                os.utime(layout.blob_data(d), (time.time() - 86400,) * 2)
+        before = time.time() - 1
+        run(blob_store.commit_upload(R, UID, d, len(data)))
+        assert run(blob_store.info(d)).last_used >= before
+        assert run(blob_store.delete(d))
+
+
+def test_commit_replaces_a_stored_blob_of_another_size(blob_store):
+    """Bytes of another size cannot hash to the digest: an honest upload repairs such a copy."""
+    good = b"the right bytes"
+    d = Digest.of(good)
+    run(blob_store.put(d, good + b"+poison"))
+    run(blob_store.create_upload(R, UID, 0.0))
+    run(blob_store.append_upload(R, UID, gen(good)))
+    run(blob_store.commit_upload(R, UID, d, len(good)))
+    assert run(blob_store.get(d)) == good

@@ -3,11 +3,13 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
-from adapters.filesystem import FilesystemLocks
-from domain.errors import CollectionRunning
+from adapters.filesystem import FilesystemBlobStore, FilesystemLocks
+from domain.errors import CollectionRunning, UploadBusy
+from domain.names import RepositoryName
 from tests.support import REPO_ROOT
 
 
@@ -79,3 +81,29 @@ asyncio.run(main())
     started = time.monotonic()
     run(go())
     assert time.monotonic() - started < 1
+
+
+def _open_session(locks, repo, upload_id):
+    """The filesystem locks a session through its files: make it exist, as StartUpload does."""
+    layout = getattr(locks, "layout", None)
+    if layout is not None:
+        run(FilesystemBlobStore(layout).create_upload(repo, upload_id, 0.0))
+
+
+def test_one_request_per_upload_session(locks):
+    repo, one, other = RepositoryName("lib/x"), str(uuid.uuid4()), str(uuid.uuid4())
+    for upload_id in (one, other):
+        _open_session(locks, repo, upload_id)
+
+    async def go():
+        async with locks.session(repo, one):
+            with pytest.raises(UploadBusy):  # never waits
+                async with locks.session(repo, one):
+                    pass
+            async with locks.session(repo, other):  # other sessions are free
+                pass
+        async with locks.session(repo, one):  # free again
+            pass
+        async with locks.session(repo, str(uuid.uuid4())):  # no such session: nothing to hold
+            pass
+    run(go())

@@ -113,3 +113,24 @@ def test_listings_see_other_writers_at_once(two_views):
     run(writer.delete_tag(a, Tag("t0")))
     assert run(reader.tags(a)) == ["t1", "t2"]
 
+
+
+def test_manifest_link_time(repo_store):
+    assert run(repo_store.manifest_link_time(R, D1)) is None
+    before = time.time() - 1
+    run(repo_store.link_manifest(R, D1))
+    assert run(repo_store.manifest_link_time(R, D1)) >= before
+    assert run(repo_store.manifest_link_time(R, D2)) is None
+    run(repo_store.unlink_manifest(R, D1))
+    assert run(repo_store.manifest_link_time(R, D1)) is None
+
+
+def test_tag_list_sees_every_change_at_once(repo_store):
+    """No listing cache: a change is visible to the next call whatever the clock's resolution."""
+    for i in range(20):
+        run(repo_store.link_manifest(R, D1))
+        run(repo_store.set_tag(R, Tag(f"t{i}"), D1))
+        assert run(repo_store.tags(R)) == sorted(f"t{j}" for j in range(i + 1))
+    for i in range(20):
+        run(repo_store.delete_tag(R, Tag(f"t{i}")))
+        assert run(repo_store.tags(R)) == sorted(f"t{j}" for j in range(i + 1, 20))
