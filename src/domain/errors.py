@@ -94,8 +94,10 @@ class Unsupported(RegistryError):
 
 
 class TagInvalid(RegistryError):
-    # The spec has no tag code; Distribution answers MANIFEST_INVALID / 404. We say what is wrong.
-    code = "MANIFEST_INVALID"
+    # Docker's registry API code for a tag outside the grammar, on a PUT. Reads and deletes by such a
+    # reference answer MANIFEST_UNKNOWN instead (entrypoints/http/params.py), as the conformance tests
+    # and Distribution expect.
+    code = "TAG_INVALID"
     default_message = "invalid tag"
 
 

@@ -277,6 +277,23 @@ class TestManifests:
                        headers={"Content-Type": "application/vnd.docker.distribution.manifest.v1+prettyjws"})
         assert r.status_code == 415 and error_code(r) == "UNSUPPORTED"
 
+    def test_reference_no_tag_can_have(self, client):
+        """Reads and deletes by a reference outside the tag grammar find no manifest (404, as the
+        conformance tests and Distribution expect); a PUT to it is TAG_INVALID."""
+        repo, image = repo_name(), make_image("m-badref")
+        push_image(client, repo, image, "v1")
+        for bad in (".INVALID_MANIFEST_NAME", "-x", "a" * 129):
+            for method in ("GET", "HEAD", "DELETE"):
+                r = client.request(method, f"/v2/{repo}/manifests/{bad}")
+                assert r.status_code == 404, (method, bad, r.status_code)
+                if method != "HEAD":
+                    assert error_code(r) == "MANIFEST_UNKNOWN", (method, bad)
+            r = client.put(f"/v2/{repo}/manifests/{bad}", content=image.manifest,
+                           headers={"Content-Type": OCI_MANIFEST})
+            assert r.status_code == 400 and error_code(r) == "TAG_INVALID", bad
+        r = client.get(f"/v2/{repo}/manifests/sha256:nothex")
+        assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
+
     def test_oversized_manifest_is_413(self, client):
         r = client.put(f"/v2/{repo_name()}/manifests/big", content=b" " * (4 * 1024 * 1024 + 1),
                        headers={"Content-Type": OCI_MANIFEST})
@@ -287,7 +304,7 @@ class TestManifests:
         r = client.get(f"/v2/{repo}/manifests/sha256:abc")
         assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
         r = client.get(f"/v2/{repo}/manifests/-bad-tag")
-        assert r.status_code == 400
+        assert r.status_code == 404 and error_code(r) == "MANIFEST_UNKNOWN"
         r = client.get(f"/v2/{repo}/manifests/latest")
         assert r.status_code == 404 and error_code(r) == "NAME_UNKNOWN"
 

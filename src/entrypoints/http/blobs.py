@@ -4,7 +4,7 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from domain.digest import Digest
 
-from .params import byte_range, name, send_stream
+from .params import byte_range, name, no_body, send_stream
 
 bp = Blueprint("blobs")
 
@@ -34,4 +34,4 @@ async def get_blob(request: Request, repo: str, digest: str) -> HTTPResponse | N
 @bp.route("/v2/<repo:path>/blobs/<digest>", methods=["DELETE"])
 async def delete_blob(request: Request, repo: str, digest: str) -> HTTPResponse:
     await request.app.ctx.container.delete_blob()(name(repo), Digest.parse(digest))
-    return HTTPResponse(status=202, headers={"Content-Length": "0"})
+    return no_body(202)

@@ -86,6 +86,8 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
             "message": "request", "method": request.method, "path": request.path, "status": status,
             "bytes": nbytes, "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "remote": request.remote_addr or request.ip}
+    if request.query_string:  # a mount, a one-request upload and a plain POST differ only here
+        line["query"] = request.query_string[:512]
     data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
     try:
         fd = sys.stdout.fileno()
@@ -98,8 +100,6 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
             data = data[os.write(fd, data):]
     except OSError:
         pass  # a closed or full log pipe must not fail the request
-
-
 
 
 def on_response(request: Request, response: HTTPResponse) -> None:

@@ -5,7 +5,7 @@ from sanic import Blueprint, HTTPResponse, Request
 from domain.errors import TooLarge
 from domain.names import parse_reference
 
-from .params import name
+from .params import lookup_reference, name, no_body
 
 bp = Blueprint("manifests")
 
@@ -25,7 +25,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 @bp.route("/v2/<repo:path>/manifests/<reference>", methods=["GET", "HEAD"])
 async def get_manifest(request: Request, repo: str, reference: str) -> HTTPResponse:
-    manifest = await request.app.ctx.container.get_manifest()(name(repo), parse_reference(reference))
+    repo_name = name(repo)
+    manifest = await request.app.ctx.container.get_manifest()(repo_name, lookup_reference(repo_name, reference))
     headers = {"Docker-Content-Digest": str(manifest.digest), "ETag": f'"{manifest.digest}"',
                "Content-Length": str(len(manifest.raw))}
     body = b"" if request.method == "HEAD" else manifest.raw
@@ -39,13 +40,14 @@ async def put_manifest(request: Request, repo: str, reference: str) -> HTTPRespo
     raw = await _read_limited(request, uc.limits().max_manifest_bytes)
     result = await uc.put_manifest()(repo_name, ref, raw, request.headers.get("content-type"))
     headers = {"Location": f"/v2/{repo_name}/manifests/{result.digest}",
-               "Docker-Content-Digest": str(result.digest), "Content-Length": "0"}
+               "Docker-Content-Digest": str(result.digest)}
     if result.subject is not None:
         headers["OCI-Subject"] = str(result.subject)
-    return HTTPResponse(status=201, headers=headers)
+    return no_body(201, headers)
 
 
 @bp.route("/v2/<repo:path>/manifests/<reference>", methods=["DELETE"])
 async def delete_manifest(request: Request, repo: str, reference: str) -> HTTPResponse:
-    await request.app.ctx.container.delete_manifest()(name(repo), parse_reference(reference))
-    return HTTPResponse(status=202, headers={"Content-Length": "0"})
+    repo_name = name(repo)
+    await request.app.ctx.container.delete_manifest()(repo_name, lookup_reference(repo_name, reference))
+    return no_body(202)

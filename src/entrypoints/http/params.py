@@ -7,11 +7,11 @@ import re
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
-from sanic import Request
+from sanic import HTTPResponse, Request
 
 from domain.digest import Digest
-from domain.errors import BlobUploadInvalid, DigestInvalid, SizeInvalid
-from domain.names import RepositoryName
+from domain.errors import BlobUploadInvalid, DigestInvalid, ManifestUnknown, SizeInvalid, TagInvalid
+from domain.names import Reference, RepositoryName, parse_reference
 from domain.usecases.read_blob import ByteRange
 
 from .logs import finish
@@ -23,6 +23,16 @@ _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 
 def name(text: str) -> RepositoryName:
     return RepositoryName.parse(text)
+
+
+def lookup_reference(repo: RepositoryName, text: str) -> Reference:
+    """A manifest reference to read or delete. One that no tag can be names no manifest: 404
+    MANIFEST_UNKNOWN (a malformed digest is still DIGEST_INVALID). A PUT parses strictly: TAG_INVALID."""
+    try:
+        return parse_reference(text)
+    except TagInvalid:
+        raise ManifestUnknown(f"manifest {text[:200]!r} is not in repository {repo}: no tag can have that name",
+                              detail={"name": str(repo), "reference": text[:300]}) from None
 
 
 def digest_param(request: Request, key: str = "digest") -> Digest:
@@ -99,13 +109,23 @@ async def body_chunks(request: Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def no_body(status: int, headers: dict[str, str] | None = None) -> HTTPResponse:
+    """A response without a body. A 204 carries no Content-Length (RFC 9110 forbids a body there, and
+    Sanic warns at each one); the others say 0 and name a type (Sanic would send a literal `None`)."""
+    headers = dict(headers or {})
+    if status == 204:
+        headers.pop("Content-Length", None)
+        return HTTPResponse(status=status, headers=headers)
+    headers["Content-Length"] = "0"
+    return HTTPResponse(status=status, headers=headers, content_type="text/plain; charset=utf-8")
+
+
 def upload_location(repo: RepositoryName, upload_id: str) -> str:
     return f"/v2/{repo}/blobs/uploads/{upload_id}"
 
 
 def upload_headers(repo: RepositoryName, upload_id: str, size: int) -> dict[str, str]:
-    headers = {"Location": upload_location(repo, upload_id), "Docker-Upload-UUID": upload_id,
-               "Content-Length": "0"}
+    headers = {"Location": upload_location(repo, upload_id), "Docker-Upload-UUID": upload_id}
     # "0-0" would claim one byte; an empty session says nothing.
     if size:
         headers["Range"] = f"0-{size - 1}"

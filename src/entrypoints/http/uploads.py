@@ -1,19 +1,17 @@
 from __future__ import annotations
 
 from sanic import Blueprint, HTTPResponse, Request
-from sanic.response import empty
 
 from domain.digest import Digest
 from domain.names import RepositoryName
 
-from .params import body_chunks, content_range, digest_param, drain, has_body, name, upload_headers
+from .params import body_chunks, content_range, digest_param, drain, has_body, name, no_body, upload_headers
 
 bp = Blueprint("uploads")
 
 
 def _created(repo: RepositoryName, digest: Digest) -> HTTPResponse:
-    return empty(201, headers={"Location": f"/v2/{repo}/blobs/{digest}",
-                                             "Docker-Content-Digest": str(digest), "Content-Length": "0"})
+    return no_body(201, {"Location": f"/v2/{repo}/blobs/{digest}", "Docker-Content-Digest": str(digest)})
 
 
 @bp.route("/v2/<repo:path>/blobs/uploads/", methods=["POST"], stream=True)
@@ -25,6 +23,7 @@ async def start_upload(request: Request, repo: str) -> HTTPResponse:
         source = request.args.get("from")
         source_name = name(source) if source else None
         if await uc.mount_blob()(repo_name, digest, source_name) is not None:
+            await drain(request)  # clients send an empty body; read it so the connection stays usable
             return _created(repo_name, digest)
         # A refused mount becomes an ordinary session, as every client expects.
     elif "digest" in request.args:
@@ -33,7 +32,7 @@ async def start_upload(request: Request, repo: str) -> HTTPResponse:
         return _created(repo_name, digest)
     await drain(request)
     session = await uc.start_upload()(repo_name)
-    return empty(202, headers=upload_headers(repo_name, session.upload_id, 0))
+    return no_body(202, upload_headers(repo_name, session.upload_id, 0))
 
 
 @bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["PATCH"], stream=True)
@@ -42,7 +41,7 @@ async def append_upload(request: Request, repo: str, upload_id: str) -> HTTPResp
     chunk_range = content_range(request)
     start = chunk_range[0] if chunk_range else None
     status = await request.app.ctx.container.append_upload()(repo_name, upload_id, body_chunks(request), start)
-    return empty(202, headers=upload_headers(repo_name, upload_id, status.size))
+    return no_body(202, upload_headers(repo_name, upload_id, status.size))
 
 
 @bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["PUT"], stream=True)
@@ -61,10 +60,10 @@ async def complete_upload(request: Request, repo: str, upload_id: str) -> HTTPRe
 async def upload_status(request: Request, repo: str, upload_id: str) -> HTTPResponse:
     repo_name = name(repo)
     status = await request.app.ctx.container.get_upload_status()(repo_name, upload_id)
-    return empty(204, headers=upload_headers(repo_name, upload_id, status.size))
+    return no_body(204, upload_headers(repo_name, upload_id, status.size))
 
 
 @bp.route("/v2/<repo:path>/blobs/uploads/<upload_id>", methods=["DELETE"])
 async def cancel_upload(request: Request, repo: str, upload_id: str) -> HTTPResponse:
     await request.app.ctx.container.cancel_upload()(name(repo), upload_id)
-    return empty(204)
+    return no_body(204)

@@ -1,0 +1,77 @@
+"""Ordinary traffic logs no WARNING or ERROR, and every response's headers are sane: an operator reads the
+log for what went wrong, so what went right must not be there."""
+
+from __future__ import annotations
+
+import httpx
+import orjson
+
+from tests.support import OCI_MANIFEST, make_image, sha256, start_server
+
+
+def test_ordinary_traffic_logs_no_warning_or_error(tmp_path):
+    server = start_server(str(tmp_path / "data"), str(tmp_path / "server.log"), REGISTRY_FSYNC="false")
+    responses: list[httpx.Response] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, event_hooks={"response": [responses.append]}) as c:
+            image = make_image("logs", layers=3)
+            config, first, second, third = image.config, *image.layers
+            r = c.post("/v2/app/blobs/uploads/", params={"digest": sha256(config)}, content=config)
+            assert r.status_code == 201
+            # A chunked upload with a status check between chunks, as Docker and containerd do.
+            start = c.post("/v2/app/blobs/uploads/")
+            location = start.headers["Location"]
+            assert c.patch(location, content=first[:100], headers={"Content-Range": "0-99"}).status_code == 202
+            assert c.get(location).status_code == 204
+            assert c.patch(location, content=first[100:]).status_code == 202
+            assert c.put(location, params={"digest": sha256(first)}).status_code == 201
+            # PUT with the last chunk, then a monolithic one.
+            location = c.post("/v2/app/blobs/uploads/").headers["Location"]
+            assert c.put(location, params={"digest": sha256(second)}, content=second).status_code == 201
+            assert c.post("/v2/app/blobs/uploads/", params={"digest": sha256(third)}, content=third).status_code == 201
+            assert c.put("/v2/app/manifests/v1", content=image.manifest,
+                         headers={"Content-Type": OCI_MANIFEST}).status_code == 201
+            # Docker's second push to another repository: HEAD, then mounts with an empty body.
+            for blob in image.blobs():
+                assert c.head(f"/v2/other/blobs/{sha256(blob)}").status_code == 404
+                r = c.post("/v2/other/blobs/uploads/", params={"mount": sha256(blob), "from": "app"},
+                           headers={"Content-Length": "0"})
+                assert r.status_code == 201
+            assert c.put("/v2/other/manifests/v1", content=image.manifest,
+                         headers={"Content-Type": OCI_MANIFEST}).status_code == 201
+            # Pulls, listings, a cancelled upload, deletions.
+            assert c.get("/v2/").status_code == 200
+            assert c.head("/v2/app/manifests/v1").status_code == 200
+            assert c.get(f"/v2/app/manifests/{image.digest}").content == image.manifest
+            for blob in image.blobs():
+                assert c.get(f"/v2/app/blobs/{sha256(blob)}").content == blob
+            assert c.get(f"/v2/app/blobs/{sha256(first)}", headers={"Range": "bytes=0-9"}).status_code == 206
+            assert c.get("/v2/app/tags/list").json()["tags"] == ["v1"]
+            assert c.get("/v2/_catalog").json()["repositories"] == ["app", "other"]
+            assert c.get(f"/v2/app/referrers/{image.digest}").status_code == 200
+            location = c.post("/v2/app/blobs/uploads/").headers["Location"]
+            assert c.delete(location).status_code == 204
+            assert c.delete("/v2/other/manifests/v1").status_code == 202
+            assert c.delete(f"/v2/other/manifests/{image.digest}").status_code == 202
+            assert c.delete(f"/v2/other/blobs/{sha256(config)}").status_code == 202
+            # Ordinary misses a client makes on purpose are not problems either.
+            assert c.get("/v2/app/manifests/missing").status_code == 404
+            assert c.head(f"/v2/app/blobs/{sha256(b'nothing')}").status_code == 404
+    finally:
+        server.stop()
+    for r in responses:
+        for key, value in r.headers.items():
+            assert value != "None", f"{r.request.method} {r.request.url}: header {key}: None"
+        if r.status_code == 204:
+            assert "content-length" not in r.headers, f"{r.request.method} {r.request.url}: 204 with a length"
+    problems = []
+    access = []
+    for line in server.log().splitlines():
+        record = orjson.loads(line)
+        if record["level"] in ("WARNING", "ERROR", "CRITICAL"):
+            problems.append(line)
+        if record.get("message") == "request":
+            access.append(record)
+    assert problems == []
+    mounts = [a for a in access if a["method"] == "POST" and "mount=" in a.get("query", "")]
+    assert len(mounts) == len(image.blobs())  # the access line tells a mount from a plain POST
