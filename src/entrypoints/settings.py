@@ -1,16 +1,21 @@
-"""Settings from the environment: PORT and STORAGE_ROOT as the quick start names them, REGISTRY_* for
-the rest. A bad value stops the registry at start with a message naming the variable."""
+"""Settings from the environment or a `.env` file in the working directory (the environment wins):
+PORT and STORAGE_ROOT as the quick start names them, REGISTRY_* for the rest. A bad value stops the
+registry at start with a message naming the variable, and the file when it came from there."""
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_FILE = ".env"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", populate_by_name=True,
+                                      env_file=ENV_FILE, env_file_encoding="utf-8")
 
     port: int = Field(5000, ge=1, le=65535, validation_alias=AliasChoices("PORT", "REGISTRY_PORT"))
     storage_root: str = Field("./data", min_length=1,
@@ -18,7 +23,9 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     # filesystem: Distribution's layout under storage_root; memory: nothing kept (tests, scripts).
     storage: Literal["filesystem", "memory"] = "filesystem"
-    workers: int = Field(1, ge=1, le=64)
+    # "auto": one worker per CPU this process may use, at most max_workers.
+    workers: int | Literal["auto"] = "auto"
+    max_workers: int = Field(8, ge=1, le=64)
     # Durability: with fsync, a blob, manifest, link or tag is on disk before the client hears it was
     # stored, so it survives a power cut. Without, it survives a crash of the registry but not of the
     # machine (like Distribution's filesystem driver, which never syncs).
@@ -42,6 +49,19 @@ class Settings(BaseSettings):
     # A request's line and headers must arrive within this many seconds of its first byte (slowloris).
     header_timeout: float = Field(20, gt=0)
 
+    @field_validator("workers")
+    @classmethod
+    def _workers_in_range(cls, value: int | str) -> int | str:
+        if value != "auto" and not 1 <= int(value) <= 64:
+            raise ValueError("workers must be 'auto' or a number from 1 to 64")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_workers(self) -> Settings:
+        if self.workers == "auto":
+            self.workers = max(1, min(len(os.sched_getaffinity(0)), self.max_workers))
+        return self
+
 
 def describe_error(err: Exception) -> str:
     """A pydantic ValidationError as lines naming the environment variable to fix."""
@@ -51,8 +71,21 @@ def describe_error(err: Exception) -> str:
         return str(err)
     aliases = {"port": "PORT", "storage_root": "STORAGE_ROOT"}
     lines = ["invalid settings:"]
+    named = set()
     for e in err.errors():
-        field = str(e["loc"][0]) if e["loc"] else "?"
-        var = aliases.get(field, "REGISTRY_" + field.upper())
-        lines.append(f"  {var}={e.get('input')!r}: {e['msg']}")
+        field = str(e["loc"][0]) if e["loc"] else "workers"
+        var = aliases.get(field.lower(), field if field.isupper() else "REGISTRY_" + field.upper())
+        if var in named:  # a value for a union field fails each branch: one line is enough
+            continue
+        named.add(var)
+        where = f" (in {os.path.abspath(ENV_FILE)})" if var not in os.environ and _in_env_file(var) else ""
+        lines.append(f"  {var}={e.get('input')!r}{where}: {e['msg']}")
     return "\n".join(lines)
+
+
+def _in_env_file(var: str) -> bool:
+    try:
+        with open(ENV_FILE, encoding="utf-8") as f:
+            return any(line.strip().removeprefix("export ").split("=", 1)[0].strip() == var for line in f)
+    except OSError:
+        return False
