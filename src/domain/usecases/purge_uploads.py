@@ -32,8 +32,9 @@ class PurgeUploads:
             try:
                 async with self.locks.session(upload.repo, upload.upload_id):
                     current = await self.blobs.upload_info(upload.repo, upload.upload_id)
-                    if current is None or current.last_modified >= horizon:
-                        continue
+                    if current is not None and current.last_modified >= horizon:
+                        continue  # written to since it was listed
+                    # None: gone meanwhile, or left without its bytes by a crash (listed by its age).
                     if not dry_run:
                         await self.blobs.cancel_upload(upload.repo, upload.upload_id)
                     purged += 1

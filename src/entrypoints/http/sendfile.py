@@ -29,9 +29,12 @@ def file_region(chunks: Any) -> tuple[str, int, int] | None:
 def can_sendfile(request: Request) -> bool:
     transport = request.transport
     http = getattr(request, "stream", None)
+    # `response_bytes_left` is a slot of Sanic's Http, set only once a response's headers go out: ask
+    # the class, not the instance (asking the instance sent every first response on a connection, so
+    # every download by a fresh client, piece by piece).
     return (transport is not None and transport.get_extra_info("sslcontext") is None
-            and transport.get_extra_info("socket") is not None and hasattr(http, "response_bytes_left")
-            and hasattr(http, "protocol"))
+            and transport.get_extra_info("socket") is not None
+            and hasattr(type(http), "response_bytes_left") and hasattr(http, "protocol"))
 
 
 async def send_region(request: Request, response: ResponseStream, fd: int, offset: int, length: int) -> int:
