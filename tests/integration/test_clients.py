@@ -280,5 +280,6 @@ def test_ci_has_every_client():
     """In CI a missing client is a failure, never a silent skip."""
     if not IN_CI:
         pytest.skip("only meaningful in CI")
-    for tool in ("skopeo", "podman", "buildah", "containerd", "ctr", "umoci", "docker-registry", "hey", "nginx"):
+    for tool in ("skopeo", "podman", "buildah", "containerd", "ctr", "umoci", "docker-registry", "hey", "nginx",
+                 "dockerd", "docker", "strace"):
         require_tool(tool)
