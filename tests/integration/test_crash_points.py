@@ -710,3 +710,77 @@ def test_crash_at_every_step(op: Op, runner: CrashRunner, templates, scratch: st
     print(f"\n{op.name}: {sweep.points} crash points in {sweep.seconds:.1f} s")
     assert sweep.points > 0, "the operation changed nothing on disk: the counter is not counting"
     assert not sweep.failures, f"{op.name}: {sweep.describe()}\n(first failing copy kept under {tmp_path})"
+
+
+def test_cancel_never_leaves_a_session_without_its_lock(tmp_path, monkeypatch):
+    """A session's lock is a flock on its `startedat`; if a crash removed that file but left `data`, two
+    requests could append at once again (blob poisoning). Directory order decides what rmtree removes
+    first (ext4 hashes names): list `startedat` first and check the bytes still go before the lock."""
+    import asyncio
+
+    from adapters.filesystem import FilesystemBlobStore, Layout
+    from domain.names import RepositoryName
+
+    store = FilesystemBlobStore(Layout(str(tmp_path)))
+    repo, upload_id = RepositoryName("app"), "0b7f4a1e-3f0c-4a8e-9a55-0123456789ab"
+    asyncio.run(store.create_upload(repo, upload_id, 0.0))
+    real_scandir, real_unlink, removed = os.scandir, os.unlink, []
+
+    class _Listing:
+        def __init__(self, entries):
+            self.entries = sorted(entries, key=lambda e: e.name, reverse=True)  # startedat before data
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+        def __iter__(self):
+            return iter(self.entries)
+
+    def scandir(path=".", *args, **kwargs):
+        with real_scandir(path, *args, **kwargs) as it:
+            return _Listing(list(it))
+
+    def unlink(path, *args, **kwargs):
+        removed.append(os.path.basename(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert asyncio.run(store.cancel_upload(repo, upload_id))
+    assert removed.index("data") < removed.index("startedat"), removed
+
+
+def test_a_purge_during_a_commit_keeps_the_blob(tmp_path, monkeypatch):
+    """A commit moves an idle session's bytes under a temporary name beside the blob; the purge of debris
+    (temporary files older than the idle limit) running at that moment must not take them."""
+    import asyncio
+    import time
+
+    from adapters.filesystem import FilesystemBlobStore, Layout
+    from adapters.filesystem.files import remove_debris
+    from domain.digest import Digest
+    from domain.names import RepositoryName
+
+    layout = Layout(str(tmp_path))
+    store = FilesystemBlobStore(layout)
+    repo, upload_id, data = RepositoryName("app"), "0b7f4a1e-3f0c-4a8e-9a55-0123456789ab", b"idle for a day"
+
+    async def chunks():
+        yield data
+
+    asyncio.run(store.create_upload(repo, upload_id, 0.0))
+    asyncio.run(store.append_upload(repo, upload_id, chunks()))
+    os.utime(layout.upload_data(repo, upload_id), (time.time() - 86400,) * 2)
+    real_rename, purged = os.rename, []
+
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        if ".tmp-" in str(dst):  # the purge runs right after the bytes left the session
+            purged.append(remove_debris(layout.blobs_root, layout.is_debris, time.time() - 3600, False))
+
+    monkeypatch.setattr(os, "rename", rename)
+    asyncio.run(store.commit_upload(repo, upload_id, Digest.of(data), len(data)))
+    assert purged == [0] and asyncio.run(store.get(Digest.of(data))) == data

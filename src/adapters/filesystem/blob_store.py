@@ -209,7 +209,9 @@ class FilesystemBlobStore(BlobStore):
         try:
             make_dirs(os.path.dirname(target), self.durable)
             try:
-                # Same filesystem: the bytes leave the session's name atomically; nothing appends after.
+                # The bytes count as used now (and are no debris to the purge) from the moment they leave
+                # the session; same filesystem, so they leave its name atomically: nothing appends after.
+                os.utime(source)
                 os.rename(source, tmp)
             except (FileNotFoundError, NotADirectoryError):
                 raise BlobUploadUnknown(f"upload {upload_id} is not open in {repo}",
@@ -229,7 +231,6 @@ class FilesystemBlobStore(BlobStore):
             else:
                 if self.durable:
                     await asyncio.to_thread(_sync_file, tmp)
-                os.utime(tmp)  # a rename keeps the session's time; the blob is used now
                 os.replace(tmp, target)  # the blob appears whole or not at all
                 if self.durable:
                     fsync_dir(os.path.dirname(target))
@@ -242,7 +243,10 @@ class FilesystemBlobStore(BlobStore):
         remove_tree(self.layout.upload_dir(repo, upload_id))
 
     async def cancel_upload(self, repo: RepositoryName, upload_id: str) -> bool:
-        return remove_tree(self.layout.upload_dir(repo, upload_id))
+        # The bytes go first, the lock file (startedat) last: a crash in between leaves a session that
+        # every request finds unknown and the purge removes, never one without its lock.
+        existed = _unlink(self.layout.upload_data(repo, upload_id))
+        return remove_tree(self.layout.upload_dir(repo, upload_id)) or existed
 
 
 class _FileChunks:
@@ -299,3 +303,11 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _unlink(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False

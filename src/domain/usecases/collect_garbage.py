@@ -2,7 +2,8 @@
 clients keep pushing and pulling.
 
 What stays (the mark):
-- every manifest a tag points to; without `delete_untagged`, every manifest not tied to a subject;
+- every manifest a tag points to; without `delete_untagged`, every manifest (an artifact whose subject
+  is absent too: referrers may be pushed before their subject);
 - every manifest linked within the grace period (a push in progress: children before their index,
   referrers before their subject);
 - the children of kept indexes, and manifests whose `subject` is kept (their referrers);
@@ -10,9 +11,9 @@ What stays (the mark):
 - everything in a repository holding a manifest the collector cannot read (bytes gone, not JSON, an
   unknown schema): it cannot know what that manifest references, so it frees nothing there and names
   the manifest in the report. Stored manifests are read without request limits, schema 1 included.
-A manifest with a subject that is gone, untagged and past the grace, goes: artifacts follow their
-subject. Repository blob links no kept manifest uses go after the grace; blob bytes go when no
-repository's kept manifest references them and nobody used them within the grace.
+With `delete_untagged`, untagged manifests past the grace go unless a kept manifest reaches them: an
+artifact follows its subject. Repository blob links no kept manifest uses go after the grace; blob bytes
+go when no repository's kept manifest references them and nobody used them within the grace.
 
 Why it is safe online: everything that makes content reachable (an upload's commit, a mount, a HEAD,
 a manifest PUT with everything it reaches transitively) marks it as used now under `Locks.shared()`;
@@ -145,7 +146,7 @@ class CollectGarbage:
             roots = set(plan.manifest_links)
         else:
             roots = {d for d, linked_at in plan.manifest_links.items()
-                     if d in tagged or linked_at >= horizon or (not delete_untagged and refs[d].subject is None)}
+                     if d in tagged or linked_at >= horizon or not delete_untagged}
         referrers: dict[Digest, list[Digest]] = {}
         for digest in plan.manifest_links:
             ref = refs[digest]
