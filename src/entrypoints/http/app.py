@@ -12,7 +12,7 @@ from sanic import Request, Sanic
 
 from ..container import Container, build_container
 from ..settings import Settings
-from . import base, blobs, errors, gc, health, logs, maintenance, manifests, referrers, tags, uploads
+from . import base, blobs, errors, gc, health, logs, maintenance, manifests, metrics, referrers, tags, uploads
 
 _counter = itertools.count()
 _UNSAFE_URL_BYTES = re.compile(rb"[\x00-\x20\x7f-\xff]")
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     for bp in (base.bp, health.bp, gc.bp, tags.bp, referrers.bp, uploads.bp, blobs.bp, manifests.bp):
         app.blueprint(bp)
     errors.install(app)
+    metrics.install(app)
     app.on_request(logs.begin, priority=100)
     app.on_response(logs.on_response, priority=100)
     maintenance.schedule(app, settings)

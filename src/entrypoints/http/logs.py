@@ -14,6 +14,8 @@ import uuid
 import orjson
 from sanic import HTTPResponse, Request
 
+from . import metrics
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 access = logging.getLogger("myregistry.access")
@@ -78,13 +80,15 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
     if getattr(request.ctx, "logged", True):
         return
     request.ctx.logged = True
+    started = getattr(request.ctx, "started", None) or time.perf_counter()
+    elapsed = time.perf_counter() - started
+    metrics.observe(request, status, nbytes, elapsed)
     if not access.isEnabledFor(logging.INFO):
         return
-    started = getattr(request.ctx, "started", None) or time.perf_counter()
     line = {"time": timestamp(time.time()),
             "level": "INFO", "logger": access.name, "pid": os.getpid(), "request_id": request.ctx.request_id,
             "message": "request", "method": request.method, "path": request.path, "status": status,
-            "bytes": nbytes, "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "bytes": nbytes, "duration_ms": round(elapsed * 1000, 3),
             "remote": request.remote_addr or request.ip}
     if request.query_string:  # a mount, a one-request upload and a plain POST differ only here
         line["query"] = request.query_string[:512]

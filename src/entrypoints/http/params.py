@@ -15,7 +15,7 @@ from domain.names import Reference, RepositoryName, parse_reference
 from domain.usecases.read_blob import ByteRange
 
 from .logs import finish
-from .sendfile import can_sendfile, file_region, send_region
+from .sendfile import abandon_response, can_sendfile, file_region, send_region
 
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
@@ -152,6 +152,7 @@ async def send_stream(request: Request, status: int, headers: dict[str, str], co
         except OSError:
             f = None
     response = await request.respond(status=status, headers=headers, content_type=content_type)
+    logged = status
     try:
         if f is not None:
             with f:
@@ -161,5 +162,10 @@ async def send_stream(request: Request, status: int, headers: dict[str, str], co
                 await response.send(chunk)
                 sent += len(chunk)
         await response.eof()
+    except ConnectionError:
+        # The client hung up mid-body (a cancelled pull): nothing is wrong here and nothing more can be
+        # sent. Logged as 499, like a request cancelled before its answer.
+        logged = 499
+        abandon_response(request)
     finally:
-        finish(request, status, sent)
+        finish(request, logged, sent)

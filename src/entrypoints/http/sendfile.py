@@ -78,3 +78,14 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
         await ready
     finally:
         loop.remove_writer(fd)
+
+
+def abandon_response(request: Request) -> None:
+    """The client went away in the middle of a body: drop the connection and tell Sanic the response is
+    over, so that it neither sends the rest nor reports a response shorter than its Content-Length."""
+    http = getattr(request, "stream", None)
+    if http is not None and hasattr(type(http), "response_bytes_left"):
+        http.keep_alive = False
+        http.response_bytes_left = 0
+    if request.transport is not None:
+        request.transport.abort()
