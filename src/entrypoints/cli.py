@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from functools import partial
 
 from pydantic import ValidationError
@@ -26,9 +27,11 @@ def serve(args: argparse.Namespace) -> None:
     from sanic.worker.loader import AppLoader
 
     from .http.logs import configure_logging
+    from .http.metrics import use_multiprocess_dir
     from .http.protocol import RegistryHttpProtocol
 
     settings = _settings()
+    use_multiprocess_dir()  # before the app is built and workers fork: metrics summed over workers
     configure_logging(settings.log_level)
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
@@ -89,6 +92,33 @@ def _progress(phase: str, done: int, total: int) -> None:
         print(f"  {phase}: {done}/{total}", file=sys.stderr, flush=True)
 
 
+class ProgressBar:
+    """A progress bar on a terminal, one line per phase, redrawn in place at most every 0.1 s."""
+
+    WIDTH = 30
+
+    def __init__(self, stream) -> None:
+        self.stream, self.phase, self.drawn_at = stream, None, 0.0
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+        elif done < total and now - self.drawn_at < 0.1:
+            return
+        self.drawn_at = now
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        self.stream.write(f"\r  {phase:<9} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total}\x1b[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.phase is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.phase = None
+
+
 def collect_garbage(args: argparse.Namespace) -> None:
     from domain.errors import RegistryError
     from domain.names import RepositoryName
@@ -98,12 +128,16 @@ def collect_garbage(args: argparse.Namespace) -> None:
     settings = _settings()
     if args.grace is not None:
         settings = settings.model_copy(update={"gc_grace_seconds": args.grace})
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         repo = RepositoryName.parse(args.repository) if args.repository else None
         report = asyncio.run(build_container(settings).collect_garbage()(
-            repo, dry_run=args.dry_run, delete_untagged=args.delete_untagged, progress=_progress))
+            repo, dry_run=args.dry_run, delete_untagged=args.delete_untagged, progress=bar or _progress))
     except RegistryError as err:
         sys.exit(f"myregistry gc: {err.message}")
+    finally:
+        if bar is not None:
+            bar.close()
     if args.json:
         import orjson
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())

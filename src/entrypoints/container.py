@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dependency_injector import containers, providers
 
 from adapters.filesystem import FilesystemBlobStore, FilesystemLocks, FilesystemRepositoryStore, Layout
+from adapters.filesystem.jobs import FilesystemGcJobs
 from adapters.memory import MemoryBlobStore, MemoryLocks, MemoryRepositoryStore
+from adapters.memory_jobs import MemoryGcJobs
 from domain.usecases._common import HasherCache, Limits
 from domain.usecases.append_upload import AppendUpload
 from domain.usecases.cancel_upload import CancelUpload
@@ -42,6 +44,7 @@ class MemoryAdapters(containers.DeclarativeContainer):
     blobs = providers.Singleton(MemoryBlobStore, clock)
     repos = providers.Singleton(MemoryRepositoryStore, clock)
     locks = providers.Singleton(MemoryLocks)
+    jobs = providers.Singleton(MemoryGcJobs)
 
 
 class FilesystemAdapters(containers.DeclarativeContainer):
@@ -51,6 +54,7 @@ class FilesystemAdapters(containers.DeclarativeContainer):
     blobs = providers.Singleton(FilesystemBlobStore, layout, config.fsync)
     repos = providers.Singleton(FilesystemRepositoryStore, layout, config.fsync)
     locks = providers.Singleton(FilesystemLocks, layout)
+    jobs = providers.Singleton(FilesystemGcJobs, layout)
 
 
 ADAPTERS: dict[str, type[containers.DeclarativeContainer]] = {

@@ -16,6 +16,8 @@ This is CNCF Distribution's layout, so a data directory moves between it and us 
       _myregistry/locks/{collector,gate,writes}.lock     ours: flock files coordinating the collector
       _myregistry/catalog/<name with / as +>             ours: one empty file per repository holding a
                                                          manifest; `.complete` once the index is whole
+      _myregistry/gc-jobs/<id>.json                      ours: state of a collection started with
+                                                         ?wait=false (the last 100)
 
 A blob data file's mtime is when it was last used (written, linked, mounted, HEAD-checked); a link
 file's mtime is when it was last linked. The garbage collector's grace period reads these times.
@@ -134,6 +136,12 @@ class Layout:
 
     def catalog_complete(self) -> str:
         return os.path.join(self.catalog_dir(), ".complete")
+
+    def gc_jobs_dir(self) -> str:
+        return os.path.join(self.v2, "_myregistry", "gc-jobs")
+
+    def gc_job(self, job_id: str) -> str:
+        return os.path.join(self.gc_jobs_dir(), f"{job_id}.json")
 
     def lock_file(self, name: str) -> str:
         return os.path.join(self.v2, "_myregistry", "locks", f"{name}.lock")

@@ -116,6 +116,7 @@ class CollectGarbage:
     async def _mark(self, scope: RepositoryName | None, delete_untagged: bool, horizon: float,
                     refs: dict[Digest, References | None], report: GcReport, notify: Progress) -> list[_RepoPlan]:
         names = await self.repos.repositories()
+        notify("mark", 0, len(names))
         plans = []
         for i, name in enumerate(names):
             repo = RepositoryName(name)

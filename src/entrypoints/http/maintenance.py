@@ -1,7 +1,8 @@
 """Maintenance inside the server: the catalog index is reconciled at start; garbage collection
 (REGISTRY_GC_INTERVAL) and purging of idle upload sessions (REGISTRY_UPLOAD_PURGE_INTERVAL) run
 periodically. Every worker schedules them; the collector lock lets one run at a time and the others
-skip that round."""
+skip that round. Both run off the worker's event loop (gc_jobs.py), and a stopping server ends them;
+the catalog walk runs in a thread (the adapter's)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sanic import Sanic
 from domain.errors import CollectionRunning
 
 from ..settings import Settings
+from . import gc_jobs
 
 log = logging.getLogger("myregistry.maintenance")
 
@@ -39,15 +41,17 @@ def schedule(app: Sanic, settings: Settings) -> None:
         app.add_task(container.adapters.repos().refresh_catalog(), name="catalog-index")
         if settings.gc_interval > 0:
             async def collect() -> None:
-                report = await container.collect_garbage()()
-                log.info("garbage collection", extra={"fields": {k: v for k, v in report.to_json().items()
-                                                                 if k != "removed"}})
+                report = await gc_jobs.collect(container, settings, None, dry_run=False, delete_untagged=False)
+                log.info("garbage collection", extra={"fields": {k: v for k, v in report.items() if k != "removed"}})
             app.add_task(_every(settings.gc_interval, collect, "garbage collection"), name="gc")
         if settings.upload_purge_interval > 0:
             async def purge() -> None:
-                async with container.adapters.locks().collector():
-                    purged = await container.purge_uploads()()
-                if purged.uploads or purged.debris:
+                purged = await gc_jobs.purge(container, settings)
+                if purged["uploads"] or purged["debris"]:
                     log.info("purged %d idle upload session(s) and %d leftover(s) of interrupted writes",
-                             purged.uploads, purged.debris)
+                             purged["uploads"], purged["debris"])
             app.add_task(_every(settings.upload_purge_interval, purge, "upload purge"), name="upload-purge")
+
+    @app.before_server_stop
+    async def _stop(app: Sanic) -> None:
+        await gc_jobs.stop()
