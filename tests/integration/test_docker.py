@@ -24,10 +24,6 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_ACCEPT = ", ".join([DOCKER_MANIFEST, DOCKER_LIST, "application/vnd.oci.image.manifest.v1+json",
                              "application/vnd.oci.image.index.v1+json"])
-TLS_FALLBACK = ("the plain-HTTP port closes the connection on a TLS ClientHello instead of answering HTTP 400, "
-                "so the docker CLI (--insecure) never falls back to HTTP: 'error pinging v2 registry: "
-                "Get \"https://127.0.0.1:PORT/v2/\": EOF' (issue 10)")
-
 
 @pytest.fixture(scope="module")
 def docker() -> DockerEngine:
@@ -210,7 +206,6 @@ def inspected(docker, registry, tmp_path_factory) -> tuple[str, str, str]:
     return ref, digest, image_id
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TLS_FALLBACK)
 def test_manifest_inspect_insecure(docker, registry, inspected):
     ref, _, image_id = inspected
     manifest = json.loads(docker("manifest", "inspect", "--insecure", ref))
@@ -233,7 +228,6 @@ def two_platforms(docker, registry, tmp_path_factory) -> dict[str, tuple[str, st
     return images
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TLS_FALLBACK)
 def test_multi_arch_manifest_create_push_inspect_pull(docker, registry, two_platforms):
     amd, arm = two_platforms["amd64"], two_platforms["arm64"]
     ref = f"{registry.host}/demo/multi:1"

@@ -229,6 +229,22 @@ def fuzzed_blob(server):
     return sha256(data)
 
 
+def test_a_tls_hello_gets_a_plain_http_answer(server):
+    """Clients told a registry is insecure try HTTPS first. Docker's CLI (`manifest inspect --insecure`)
+    falls back to HTTP only when the answer is HTTP ("server gave HTTP response to HTTPS client"), so the
+    plain port must answer a ClientHello at once, in HTTP, and close."""
+    hello = bytes.fromhex("16030100a5010000a10303") + os.urandom(32) + b"\x00" * 40
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        started = time.monotonic()
+        s.sendall(hello)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+    assert b"plain HTTP" in answer and time.monotonic() - started < 2
+    assert httpx.get(f"{server.url}/v2/", timeout=5).status_code == 200
+
+
 def test_server_is_still_whole(server):
     image = make_image("after-hostile")
     with httpx.Client(base_url=server.url) as client:

@@ -1,34 +1,126 @@
 """Sanic's HTTP protocol, plus three guards:
-- A TLS handshake sent to this plain-HTTP port is refused at once. Clients given `--tls-verify=false`
-  (skopeo, podman, buildah) try HTTPS first; Sanic would wait for the end of headers that never come,
-  and the client falls back to HTTP only after its 10 s TLS timeout.
+- A TLS handshake sent to this plain-HTTP port gets a plain `HTTP/1.1 400` at once. Clients told the
+  registry is insecure try HTTPS first; Sanic would wait for the end of headers that never come, and
+  the client would fall back to HTTP only after its 10 s TLS timeout (or never, for Docker's CLI).
 - A request's line and headers must be complete within `header_timeout` seconds of its first byte.
   Sanic's own timeouts measure silence, so a slowloris client trickling one header byte at a time
   would hold its connection open for ever.
-- A connection that timed out is closed, even when its client is stuck in the middle of a body."""
+- A connection that timed out is closed, even when its client is stuck in the middle of a body.
+And one extension: a chunked request body may end with a trailer section (RFC 9112 7.1.2), which
+Sanic 25 refuses; its fields are read and dropped (`RegistryHttp`).
+
+This is the one module that touches Sanic's internals; `sanic_internals_missing` names what it relies on
+and tests/integration/test_chunked_trailers.py checks it, so a Sanic upgrade fails there, loudly."""
 
 from __future__ import annotations
 
 import logging
 
-from sanic.http import Stage
+from sanic.exceptions import BadRequest
+from sanic.http import Http, Stage
+from sanic.http.http1 import HTTP_CONTINUE
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 log = logging.getLogger("myregistry")
 
 
+# What RegistryHttp uses of Sanic's Http: instance slots, and methods or constants of the class.
+_HTTP_SLOTS = ("recv_buffer", "request_body", "request_bytes_left", "expecting_continue", "keep_alive",
+               "_send", "_receive_more")
+_HTTP_MEMBERS = ("read", "_safe_int", "HEADER_MAX_SIZE")
+_CHUNK_SIZE_LINE_MAX = 64  # Sanic's own bound on a chunk-size line (with its extensions)
+
+
+def sanic_internals_missing() -> list[str]:
+    """What RegistryHttp expects of Sanic and does not find (empty when this Sanic is the one it was
+    written against)."""
+    slots = {name for cls in Http.__mro__ for name in getattr(cls, "__slots__", ())}
+    missing = [f"Http.{name} (slot)" for name in _HTTP_SLOTS if name not in slots]
+    missing += [f"Http.{name}" for name in _HTTP_MEMBERS if not hasattr(Http, name)]
+    if getattr(HttpProtocol, "HTTP_CLASS", None) is not Http:
+        missing.append("HttpProtocol.HTTP_CLASS is Http")
+    return missing
+
+
+class RegistryHttp(Http):
+    """Sanic's HTTP/1.1 stream, reading the end of a chunked body itself: after the last chunk
+    (size 0) comes a trailer section, field lines ended by an empty line, which Sanic 25 refuses with
+    400 "Bad chunked encoding" (so `curl -T - -H 'Trailer: ...'` or a Go client sending a checksum
+    trailer could not push). The fields are read up to the empty line and dropped (nothing here needs
+    them, and RFC 9112 lets a recipient discard them): the whole section is consumed, so none of it can
+    be read as a next request on the connection. Each chunk-size line must also follow its chunk's
+    data's CRLF, which Sanic assumes without checking. Every other part of the body is Sanic's."""
+
+    __slots__ = ()
+
+    async def read(self) -> bytes | None:
+        if self.request_body == "chunked" and self.request_bytes_left == 0 and await self._read_last_chunk():
+            return None
+        return await super().read()
+
+    async def _read_last_chunk(self) -> bool:
+        """True when the body ended here (the last chunk and its trailer section are consumed); False
+        when the next chunk has data, left for Sanic to read."""
+        if self.expecting_continue:
+            self.expecting_continue = False
+            await self._send(HTTP_CONTINUE)
+        buf = self.recv_buffer
+        # The buffer holds the CRLF that ends the previous chunk's data (or the headers), then the size line.
+        while (end := buf.find(b"\r\n", 2)) == -1:
+            if len(buf) > _CHUNK_SIZE_LINE_MAX:
+                return False  # Sanic refuses it
+            await self._receive_more()
+        if buf[:2] != b"\r\n":
+            self._refuse("no CRLF after a chunk's data")
+        try:
+            size = self._safe_int(buf[2:end].split(b";", 1)[0].decode(), 16)
+        except Exception:
+            return False  # Sanic refuses it
+        if size != 0:
+            return False
+        start = end + 2
+        while True:
+            end = buf.find(b"\r\n", start)
+            if end == -1:
+                if len(buf) > self.HEADER_MAX_SIZE:
+                    self._refuse("trailer section too large")
+                await self._receive_more()
+                continue
+            if end == start:  # the empty line that ends the trailer section (and the body)
+                del buf[: end + 2]
+                self.request_body = None
+                return True
+            field = bytes(buf[start:end])
+            if b":" not in field or field[:1] in (b" ", b"\t") or end > self.HEADER_MAX_SIZE:
+                self._refuse("a malformed or too large trailer section")
+            start = end + 2
+
+    def _refuse(self, why: str) -> None:
+        self.keep_alive = False  # the rest of the stream cannot be framed
+        raise BadRequest(f"Bad chunked encoding: {why}")
+
+
+_PLAIN_HTTP_ONLY_BODY = b"This registry serves plain HTTP on this port: use http://, not https://.\n"
+_PLAIN_HTTP_ONLY = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n%b" % (len(_PLAIN_HTTP_ONLY_BODY), _PLAIN_HTTP_ONLY_BODY))
+
+
 class RegistryHttpProtocol(HttpProtocol):
     __slots__ = ("_seen_first_bytes", "_header_timer")
+    HTTP_CLASS = RegistryHttp
     header_timeout: float = 20.0  # set from the settings at start
 
     def data_received(self, data: bytes) -> None:
         if not getattr(self, "_seen_first_bytes", False):
             self._seen_first_bytes = True
             self._header_timer = None
-            # A TLS record: content type 22 (handshake), version 3.x.
+            # A TLS record: content type 22 (handshake), version 3.x. Answered in plain HTTP, as Go's
+            # server does: Go clients (Docker's `manifest` commands, containerd) fall back to HTTP only
+            # on "server gave HTTP response to HTTPS client"; others (skopeo, podman) on any error.
             if len(data) >= 2 and data[0] == 0x16 and data[1] == 0x03:
                 if self.transport is not None:
-                    self.transport.abort()
+                    self.transport.write(_PLAIN_HTTP_ONLY)
+                    self.transport.close()
                 return
         super().data_received(data)
         http = getattr(self, "_http", None)
