@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.manifest_strategies import ManifestCase, expected_media_type, manifest_cases
 from tests.support import make_image, push_image, sha256
 
 GOOD_DIGEST = sha256(b"fuzz")
@@ -73,6 +75,49 @@ def test_mutated_manifests_are_refused_cleanly(server, fuzz_client, fuzz_image, 
     r = fuzz_client.put(f"/v2/fuzz/repo/manifests/{tag}", content=raw,
                         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
     assert 400 <= r.status_code < 500, (choice, r.status_code, r.text)
+
+
+OCI_CODES = {"BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID", "MANIFEST_BLOB_UNKNOWN",
+             "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID", "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED",
+             "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS"}
+
+
+def test_manifest_structures_over_http(server, fuzz_client, fuzz_image):
+    """JSON structures shaped like manifests (tests/manifest_strategies.py), PUT by tag or digest, some
+    referencing the blobs and manifest already in the repository: 201 and served back byte for byte, or a
+    4xx with the OCI error body; never a 5xx; never a 201 for what the spec refuses. Most get past JSON
+    decoding (counted)."""
+    pool = (sha256(fuzz_image.config), *(sha256(layer) for layer in fuzz_image.layers), fuzz_image.digest)
+    stages: Counter[str] = Counter()
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=manifest_cases(pool), tag=st.sampled_from(["s1", "s2", None]))
+    def fuzz(case: ManifestCase, tag: str | None) -> None:
+        headers = {"Content-Type": case.content_type} if case.content_type is not None else {}
+        r = fuzz_client.put(f"/v2/fuzz/repo/manifests/{tag or sha256(case.raw)}", content=case.raw, headers=headers)
+        assert r.status_code == 201 or 400 <= r.status_code < 500, (r.status_code, r.text[:300], case)
+        if r.status_code == 201:
+            assert expected_media_type(case) is not None, ("stored what the spec refuses", case)
+            stored = fuzz_client.get(f"/v2/fuzz/repo/manifests/{r.headers['Docker-Content-Digest']}")
+            assert stored.status_code == 200 and stored.content == case.raw
+            where = "stored (201)"
+        else:
+            error = r.json()["errors"][0]
+            assert error["code"] in OCI_CODES and error["message"], r.text[:300]
+            if error["message"].startswith("manifest is not valid JSON"):
+                where = "not JSON"
+            elif error["code"] == "MANIFEST_BLOB_UNKNOWN":
+                where = "parsed, references missing"
+            else:
+                where = f"refused after decoding ({error['code']})"
+        event(where)
+        stages[where] += 1
+
+    fuzz()
+    total = sum(stages.values())
+    print(f"\nmanifest PUT fuzz, {total} examples: " + ", ".join(
+        f"{name} {100 * n / total:.0f}%" for name, n in stages.most_common()))
+    assert stages["not JSON"] < 0.2 * total and stages["stored (201)"] and stages["parsed, references missing"], stages
 
 
 def test_nothing_outside_the_root(server, fuzz_client):

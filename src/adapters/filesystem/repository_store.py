@@ -75,9 +75,15 @@ class FilesystemRepositoryStore(RepositoryStore):
         """A revision counts only with its link file: a crash can leave an empty revision directory."""
         base = self.layout.revisions_dir(repo)
         for algorithm in _listdir(base):
-            for hex_ in _listdir(os.path.join(base, algorithm)):
-                if os.path.exists(os.path.join(base, algorithm, hex_, "link")):
-                    return True
+            try:
+                # scandir reads the directory as it goes: the first linked revision ends the search
+                # (listing all of them made each removal in a collection cost the whole directory).
+                with os.scandir(os.path.join(base, algorithm)) as entries:
+                    for entry in entries:
+                        if os.path.exists(os.path.join(entry.path, "link")):
+                            return True
+            except (FileNotFoundError, NotADirectoryError):
+                continue
         return False
 
     async def delete_repository(self, repo: RepositoryName) -> bool:

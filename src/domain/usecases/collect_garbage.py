@@ -181,19 +181,59 @@ class CollectGarbage:
     # -- sweep -------------------------------------------------------------------------------------
     async def _sweep_manifests(self, plans: list[_RepoPlan], refs: dict[Digest, References | None], horizon: float,
                                dry_run: bool, report: GcReport, notify: Progress) -> None:
-        doomed = [(p.repo, d) for p in plans for d in p.doomed]
+        doomed = [(p, d) for p in plans for d in p.doomed]
+        rescued: set[tuple[RepositoryName, Digest]] = set()
         for start in range(0, len(doomed), BATCH):
             async with self.locks.exclusive():
-                for repo, digest in doomed[start:start + BATCH]:
+                for plan, digest in doomed[start:start + BATCH]:
                     if not dry_run:
-                        linked_at = await self.repos.manifest_link_time(repo, digest)
-                        if linked_at is None or linked_at >= horizon:
-                            continue  # gone already, or pushed again (or reached by a push) since the mark
+                        linked_at = await self.repos.manifest_link_time(plan.repo, digest)
+                        if linked_at is None:
+                            continue  # gone already
+                        if (linked_at >= horizon or (plan.repo, digest) in rescued
+                                or await self._subject_reached(plan.repo, digest, refs, horizon, rescued)):
+                            self._rescue(plan, digest, refs, rescued)
+                            continue
                         ref = refs[digest]
                         # Untagged at the mark, and not linked since: no tag can name it (see the module doc).
-                        await remove_manifest(self.repos, repo, digest, ref.subject if ref else None, ())
-                    report.manifests_removed.append(f"{repo}@{digest}")
+                        await remove_manifest(self.repos, plan.repo, digest, ref.subject if ref else None, ())
+                    report.manifests_removed.append(f"{plan.repo}@{digest}")
             notify("manifests", min(start + BATCH, len(doomed)), len(doomed))
+
+    async def _subject_reached(self, repo: RepositoryName, digest: Digest, refs: dict[Digest, References | None],
+                               horizon: float, rescued: set[tuple[RepositoryName, Digest]]) -> bool:
+        """Whether a push reached the manifest's subject (or its subject's subject...) since the mark: a
+        referrer of something kept stays, and a push refreshes what it reaches, not their referrers."""
+        seen = {digest}
+        ref = refs.get(digest)
+        while ref is not None and ref.subject is not None and ref.subject not in seen:
+            subject = ref.subject
+            seen.add(subject)
+            if (repo, subject) in rescued:
+                return True
+            linked_at = await self.repos.manifest_link_time(repo, subject)
+            if linked_at is not None and linked_at >= horizon:
+                return True
+            ref = refs.get(subject)
+        return False
+
+    @staticmethod
+    def _rescue(plan: _RepoPlan, digest: Digest, refs: dict[Digest, References | None],
+                rescued: set[tuple[RepositoryName, Digest]]) -> None:
+        """Keep a manifest the mark doomed, with everything it reaches: its children (later in the sweep's
+        order) and the blobs of all of them (the blob sweeps read `uses` after this one)."""
+        pending = [digest]
+        while pending:
+            current = pending.pop()
+            if (plan.repo, current) in rescued:
+                continue
+            rescued.add((plan.repo, current))
+            plan.uses.add(current)
+            ref = refs.get(current)
+            if ref is not None:
+                plan.uses.update(ref.blobs)
+                plan.uses.update(ref.children)
+                pending.extend(ref.children)
 
     async def _sweep_blob_links(self, plans: list[_RepoPlan], horizon: float, dry_run: bool,
                                 report: GcReport) -> None:
