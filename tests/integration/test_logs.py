@@ -75,3 +75,27 @@ def test_ordinary_traffic_logs_no_warning_or_error(tmp_path):
     assert problems == []
     mounts = [a for a in access if a["method"] == "POST" and "mount=" in a.get("query", "")]
     assert len(mounts) == len(image.blobs())  # the access line tells a mount from a plain POST
+
+
+def test_duration_counts_from_the_request_s_first_byte(tmp_path):
+    """A request's logged duration starts when its first bytes arrive, not when its handler starts: time
+    spent waiting (a slow client's headers here, a busy event loop elsewhere) is part of what the client
+    waited for. Idle time between requests on a kept-alive connection is not."""
+    import socket
+    import time
+
+    server = start_server(str(tmp_path / "data"), str(tmp_path / "server.log"), REGISTRY_WORKERS="1")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /v2/?slow HTTP/1.1\r\n")
+            time.sleep(0.6)
+            s.sendall(b"Host: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.6)  # idle on the same connection
+            s.sendall(b"GET /v2/?fast HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        server.stop()
+    lines = [orjson.loads(line) for line in server.log().splitlines()]
+    durations = {r.get("query"): r["duration_ms"] for r in lines if r.get("message") == "request"}
+    assert durations["slow"] >= 500 and durations["fast"] < 300, durations

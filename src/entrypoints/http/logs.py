@@ -15,6 +15,7 @@ import orjson
 from sanic import HTTPResponse, Request
 
 from . import metrics
+from .protocol import arrival
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -66,7 +67,7 @@ def begin(request: Request) -> None:
     given = request.headers.get("x-request-id", "")
     rid = given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
     request.ctx.request_id = rid
-    request.ctx.started = time.perf_counter()
+    request.ctx.started = arrival(request) or time.perf_counter()
     request.ctx.logged = False
     request_id_var.set(rid)
 

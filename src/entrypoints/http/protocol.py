@@ -15,6 +15,7 @@ and tests/integration/test_chunked_trailers.py checks it, so a Sanic upgrade fai
 from __future__ import annotations
 
 import logging
+import time
 
 from sanic.exceptions import BadRequest
 from sanic.http import Http, Stage
@@ -105,12 +106,23 @@ _PLAIN_HTTP_ONLY = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; char
                     b"Content-Length: %d\r\n\r\n%b" % (len(_PLAIN_HTTP_ONLY_BODY), _PLAIN_HTTP_ONLY_BODY))
 
 
+def arrival(request) -> float | None:
+    """When the request's first bytes were read (time.perf_counter), if this protocol served it: a
+    request that waited behind a busy event loop is timed from then, not from its handler's start."""
+    transport = getattr(request, "transport", None)
+    protocol = transport.get_protocol() if transport is not None else None
+    return getattr(protocol, "_arrived", None)
+
+
 class RegistryHttpProtocol(HttpProtocol):
-    __slots__ = ("_seen_first_bytes", "_header_timer")
+    __slots__ = ("_seen_first_bytes", "_header_timer", "_arrived")
     HTTP_CLASS = RegistryHttp
     header_timeout: float = 20.0  # set from the settings at start
 
     def data_received(self, data: bytes) -> None:
+        http = getattr(self, "_http", None)
+        if http is None or http.stage is Stage.IDLE:
+            self._arrived = time.perf_counter()  # a request's first bytes: its duration counts from here
         if not getattr(self, "_seen_first_bytes", False):
             self._seen_first_bytes = True
             self._header_timer = None
