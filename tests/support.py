@@ -104,15 +104,20 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def layer_tar(files: dict[str, bytes]) -> bytes:
-    """A gzipped tar layer holding the given files, byte-for-byte reproducible."""
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar holding the given files, byte-for-byte reproducible."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, content in sorted(files.items()):
             info = tarfile.TarInfo(path)
             info.size, info.mtime, info.mode = len(content), 0, 0o644
             tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), mtime=0)
+    return raw.getvalue()
+
+
+def layer_tar(files: dict[str, bytes]) -> bytes:
+    """A gzipped tar layer holding the given files, byte-for-byte reproducible."""
+    return gzip.compress(tar_of(files), mtime=0)
 
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

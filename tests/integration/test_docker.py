@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.dockerd import DockerEngine, sandboxed_dockerd
-from tests.support import Server, sha256, start_server
+from tests.support import Server, sha256, start_server, tar_of
 
 pytestmark = pytest.mark.clients
 
@@ -53,14 +53,7 @@ def collecting_registry(tmp_path_factory: pytest.TempPathFactory) -> Server:
 
 # --- images, written here ------------------------------------------------------------------------------
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, content in sorted(files.items()):
-            info = tarfile.TarInfo(path)
-            info.size, info.mtime, info.mode = len(content), 0, 0o644
-            tar.addfile(info, io.BytesIO(content))
-    return raw.getvalue()
+_tar = tar_of
 
 
 def docker_archive(tag: str, layers: list[dict[str, bytes]], arch: str = "amd64",
