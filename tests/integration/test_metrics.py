@@ -27,6 +27,18 @@ LABEL_VALUES = {
 }
 
 
+def stored_on_disk(root: str) -> dict[str, int]:
+    """Blobs and their bytes, and distinct manifests linked anywhere, read from Distribution's layout."""
+    v2 = os.path.join(root, "docker", "registry", "v2")
+    sizes = [os.path.getsize(os.path.join(d, "data")) for d, _, files in os.walk(os.path.join(v2, "blobs"))
+             if "data" in files]
+    manifests = set()
+    for d, _, files in os.walk(os.path.join(v2, "repositories")):
+        if "link" in files and os.sep + "revisions" + os.sep in d:
+            manifests.add(os.path.basename(d))
+    return {"blobs": len(sizes), "bytes": sum(sizes), "manifests": len(manifests)}
+
+
 def scrape(client: httpx.Client) -> tuple[Samples, str]:
     r = client.get("/metrics", headers={"Connection": "close"})
     assert r.status_code == 200, r.text
@@ -155,6 +167,12 @@ def test_metrics_add_up_across_workers(tmp_path):
                 assert value(samples, "registry_gc_bytes_freed_total") == report["bytes_freed"]
                 assert value(samples, "registry_gc_blobs_removed_total") == report["blobs_removed"]
                 assert value(samples, "registry_gc_manifests_removed_total") == report["manifests_removed"]
+                # What is stored, from the collection's own walk: checked against the files themselves.
+                on_disk = stored_on_disk(server.storage_root)
+                assert report["stored"] == on_disk
+                assert value(samples, "registry_stored_blobs") == on_disk["blobs"]
+                assert value(samples, "registry_stored_bytes") == on_disk["bytes"]
+                assert value(samples, "registry_stored_manifests") == on_disk["manifests"]
                 assert value(samples, "registry_storage_errors_total", kind="io") == 0
 
                 # Bounded labels: only known values; nothing from a request's path anywhere.

@@ -59,6 +59,11 @@ class GcReport:
     debris_removed: int = 0
     repositories_removed: list[str] = field(default_factory=list)
     unreadable_manifests: list[str] = field(default_factory=list)  # "name@digest": kept, with all they may use
+    # What the storage holds after a whole-registry collection (what it would hold, for a dry run): the
+    # walk the collection makes anyway, so that metrics need none of their own. None for one repository.
+    stored_blobs: int | None = None
+    stored_bytes: int | None = None
+    stored_manifests: int | None = None
     duration_seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -69,6 +74,7 @@ class GcReport:
             "uploads_purged": self.uploads_purged, "debris_removed": self.debris_removed,
             "repositories_removed": self.repositories_removed,
             "unreadable_manifests": self.unreadable_manifests,
+            "stored": {"blobs": self.stored_blobs, "bytes": self.stored_bytes, "manifests": self.stored_manifests},
             "duration_seconds": round(self.duration_seconds, 3),
             "removed": {"manifests": self.manifests_removed, "blobs": self.blobs_removed},
         }
@@ -256,7 +262,13 @@ class CollectGarbage:
         for plan in plans:
             used |= plan.uses
         if scope is None:
-            candidates = [b.digest async for b in self.blobs.all_blobs() if b.digest not in used]
+            candidates = []
+            stored_blobs = stored_bytes = 0
+            async for blob in self.blobs.all_blobs():
+                stored_blobs += 1
+                stored_bytes += blob.size
+                if blob.digest not in used:
+                    candidates.append(blob.digest)
         else:
             # One repository's collection only considers blobs that repository held.
             mine = next((p for p in plans if p.repo == scope), None)
@@ -273,6 +285,12 @@ class CollectGarbage:
                     report.blobs_removed.append(str(digest))
                     report.bytes_freed += info.size
             notify("blobs", min(start + BATCH, len(candidates)), len(candidates))
+        if scope is None:
+            report.stored_blobs = stored_blobs - len(report.blobs_removed)
+            report.stored_bytes = stored_bytes - report.bytes_freed
+            manifests = {d for p in plans for d in p.manifest_links}
+            report.stored_manifests = len(manifests - {Digest.parse(m.split("@", 1)[1])
+                                                        for m in report.manifests_removed})
 
     async def _drop_empty_repositories(self, plans: list[_RepoPlan], dry_run: bool, report: GcReport) -> None:
         """A repository left with nothing (no manifests, no links, no uploads) is removed entirely."""

@@ -114,6 +114,13 @@ class _Metrics:
         self.gc_bytes = Counter("registry_gc_bytes_freed", "Blob bytes freed by garbage collections")
         self.gc_manifests = Counter("registry_gc_manifests_removed", "Manifests removed by garbage collections")
         self.gc_blobs = Counter("registry_gc_blobs_removed", "Blobs removed by garbage collections")
+        # Set by whole-registry collections from the walk they make anyway: no walk per scrape.
+        self.stored_blobs = Gauge("registry_stored_blobs", "Blobs (layers, configs, manifests) stored, as of "
+                                  "the last whole-registry collection", multiprocess_mode="mostrecent")
+        self.stored_bytes = Gauge("registry_stored_bytes", "Bytes of blobs stored, as of the last "
+                                  "whole-registry collection", multiprocess_mode="mostrecent")
+        self.stored_manifests = Gauge("registry_stored_manifests", "Distinct manifests linked in any repository, "
+                                      "as of the last whole-registry collection", multiprocess_mode="mostrecent")
         # (route label, method label, status) -> the series a request increments
         self.series: dict[tuple[str, str, int], tuple[Any, Any, Any, Any]] = {}
 
@@ -224,6 +231,11 @@ def observed_collection(collect: Callable[..., Awaitable[dict[str, Any]]]) -> Ca
             m.gc_runs.labels("error").inc()
             raise
         m.gc_duration.observe(time.monotonic() - started)  # a child's start included: what the operator waits
+        stored = report.get("stored") or {}
+        if not report.get("dry_run") and stored.get("blobs") is not None:
+            m.stored_blobs.set(stored["blobs"])
+            m.stored_bytes.set(stored["bytes"])
+            m.stored_manifests.set(stored["manifests"])
         if report.get("dry_run"):
             m.gc_runs.labels("dry_run").inc()
             return report
