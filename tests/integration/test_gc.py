@@ -92,9 +92,9 @@ from adapters.filesystem import FilesystemLocks, Layout
 async def main():
     async with FilesystemLocks(Layout({gc_server.storage_root!r})).collector():
         print("held", flush=True)
-        time.sleep(3)
+        sys.stdin.readline()  # held until the test says so, however slow the machine
 asyncio.run(main())
-"""], stdout=subprocess.PIPE, text=True)
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         r = httpx.post(f"{gc_server.url}/v2/_gc")
@@ -102,7 +102,7 @@ asyncio.run(main())
         cli = myregistry("gc", STORAGE_ROOT=gc_server.storage_root)
         assert cli.returncode != 0 and "already running" in cli.stderr
     finally:
-        holder.wait(10)
+        holder.communicate("go\n", timeout=10)
     assert httpx.post(f"{gc_server.url}/v2/_gc").status_code == 200
 
 
