@@ -2,12 +2,16 @@
 
     python bench/run.py                 # full run: 1 GiB blobs, several rounds (minutes)
     python bench/run.py --smoke         # tiny sizes, one round: checks the benchmark still works
+    python bench/run.py --only small    # only the small requests (and their two ceilings)
 
-Both registries start with fresh data directories and production settings, the same workloads run
-against each in alternating order for several rounds, and the medians are printed as a table with
-the ratio us/Distribution per row, and written as JSON and Markdown under bench/results/.
-Physical limits of the machine (sha256, disk write, nginx serving a file) are measured in the same
-run for context. Nothing here talks to anything but 127.0.0.1.
+Both registries start with fresh data directories and production settings (ours with its default
+worker count, REGISTRY_WORKERS=auto), the same workloads run against each in alternating order for
+several rounds, and the medians are printed as a table with the ratio us/Distribution per row, and
+written as JSON and Markdown under bench/results/. Physical limits of the machine (sha256, disk write,
+nginx serving a file) are measured in the same run for context. Small requests are also sent, under
+the same `hey` load and with the same worker count, to two ceilings: nginx serving a tiny static file
+(the machine) and a bare Sanic app answering the same manifest from memory (the framework,
+bench/bare_sanic.py). Nothing here talks to anything but 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -100,7 +104,9 @@ class Registry:
         args, env = self.command()
         log = open(os.path.join(self.workdir, f"{self.name}.log"), "ab")
         started = time.monotonic()
-        self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True)
+        # In the scratch directory: a `.env` file where the benchmark is run must not change our settings.
+        self.process = subprocess.Popen(args, env=env, stdout=log, stderr=log, start_new_session=True,
+                                        cwd=self.workdir)
         while time.monotonic() - started < 30:
             try:
                 if httpx.get(f"{self.url}/v2/", timeout=1).status_code == 200:
@@ -141,15 +147,39 @@ class Registry:
 
 
 class Ours(Registry):
-    """Production settings (one worker per core, fsync on), changed only by `settings`."""
+    """Production settings: the defaults (workers "auto": one per CPU this process may use; fsync on),
+    changed only by `settings`. No REGISTRY_* variable of the caller's environment is passed on."""
 
     settings: dict[str, str] = {}
 
     def command(self) -> tuple[list[str], dict]:
-        workers = str(os.cpu_count() or 1)
-        env = {**os.environ, "PORT": str(self.port), "STORAGE_ROOT": self.data, "REGISTRY_HOST": "127.0.0.1",
-               "REGISTRY_WORKERS": workers, "PYTHONPATH": os.path.join(ROOT, "src"), **self.settings}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env.update({"PORT": str(self.port), "STORAGE_ROOT": self.data, "REGISTRY_HOST": "127.0.0.1",
+                    "PYTHONPATH": os.path.join(ROOT, "src"), **self.settings})
         return [sys.executable, "-m", "entrypoints.cli", "serve"], env
+
+    def workers(self) -> int:
+        """The worker count the running server chose, from its start-up log line."""
+        with open(os.path.join(self.workdir, f"{self.name}.log"), errors="replace") as f:
+            counts = re.findall(r"with (\d+) worker\(s\)", f.read())
+        if not counts:
+            raise RuntimeError(f"{self.name} did not log its worker count; see {self.workdir}/{self.name}.log")
+        return int(counts[-1])
+
+
+class BareSanic(Registry):
+    """The framework's ceiling: bench/bare_sanic.py, the same Sanic, worker count and start-up as ours."""
+
+    def __init__(self, workdir: str, manifest_file: str, media_type: str, blob_size: int, workers: int) -> None:
+        super().__init__("bare_sanic", "", workdir)
+        self.manifest_file, self.media_type, self.blob_size, self.worker_count = (
+            manifest_file, media_type, blob_size, workers)
+
+    def command(self) -> tuple[list[str], dict]:
+        env = {**os.environ, "BARE_PORT": str(self.port), "BARE_WORKERS": str(self.worker_count),
+               "BARE_MANIFEST": self.manifest_file, "BARE_MEDIA_TYPE": self.media_type,
+               "BARE_BLOB_SIZE": str(self.blob_size)}
+        return [sys.executable, os.path.join(ROOT, "bench", "bare_sanic.py")], env
 
 
 class Distribution(Registry):
@@ -162,6 +192,44 @@ class Distribution(Registry):
 
     def command(self) -> tuple[list[str], dict]:
         return ["docker-registry", "serve", self.config()], dict(os.environ)
+
+
+class Nginx:
+    """nginx serving the scratch directory: the pull ceiling (the test blob) and the small-request
+    ceiling (a tiny file), with as many worker processes as our registry has workers."""
+
+    def __init__(self, root: str, workers: int) -> None:
+        self.root, self.workers, self.port = root, workers, 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.port = free_port()
+        conf = os.path.join(self.root, "nginx.conf")
+        with open(conf, "w") as f:
+            # keepalive_requests: like Sanic, never close a busy keep-alive connection during a run.
+            f.write(f"daemon off; worker_processes {self.workers}; pid {self.root}/nginx.pid;\n"
+                    f"error_log {self.root}/nginx.err;\n"
+                    f"events {{ worker_connections 1024; }}\n"
+                    f"http {{ access_log off; sendfile on; keepalive_requests 1000000;\n"
+                    f"  server {{ listen 127.0.0.1:{self.port}; root {self.root}; }} }}\n")
+        self.process = subprocess.Popen(["nginx", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                httpx.get(f"{self.url}/", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"nginx did not start; see {self.root}/nginx.err")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
 
 
 # -- workloads -------------------------------------------------------------------------------------------
@@ -342,7 +410,7 @@ def list_all(url: str, first: str) -> tuple[float, int]:
 
 
 # -- physical limits --------------------------------------------------------------------------------------
-def physical(blob_path: str, workdir: str) -> dict[str, float]:
+def physical(blob_path: str, workdir: str, nginx: Nginx | None) -> dict[str, float]:
     size = os.path.getsize(blob_path)
     started = time.process_time()
     sha256_file(blob_path)
@@ -353,40 +421,131 @@ def physical(blob_path: str, workdir: str) -> dict[str, float]:
     disk = size / (time.monotonic() - started)
     os.unlink(target)
     nginx_speed = 0.0
-    if shutil.which("nginx"):
-        port = free_port()
-        conf = os.path.join(workdir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"daemon off; pid {workdir}/nginx.pid; error_log {workdir}/nginx.err;\n"
-                    f"events {{}}\nhttp {{ access_log off; sendfile on;\n"
-                    f"  server {{ listen 127.0.0.1:{port}; root {os.path.dirname(blob_path)}; }} }}\n")
-        proc = subprocess.Popen(["nginx", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            nginx_speed = curl_speed([f"http://127.0.0.1:{port}/{os.path.basename(blob_path)}"])
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    if nginx is not None:
+        nginx_speed = curl_speed([f"{nginx.url}/{os.path.relpath(blob_path, nginx.root)}"])
     return {"sha256_MBps": sha / 1e6, "disk_write_MBps": disk / 1e6, "nginx_pull_MBps": nginx_speed / 1e6}
 
 
+# -- small requests and their ceilings ---------------------------------------------------------------------
+SMALL_REQUESTS = {  # label: (method, path on a registry)
+    "GET /v2/": ("GET", "/v2/"),
+    "GET manifest by tag": ("GET", "/v2/bench/skopeo/manifests/latest"),
+    "HEAD manifest by tag": ("HEAD", "/v2/bench/skopeo/manifests/latest"),
+    "GET manifest by digest": ("GET", "/v2/bench/skopeo/manifests/{manifest}"),
+    "HEAD blob": ("HEAD", "/v2/bench/mono/blobs/{blob}"),
+}
+TARGETS = ("ours", "distribution", "bare_sanic", "nginx")
+TINY_FILE = "tiny/manifest.json"  # what nginx serves for every small request (the manifest's bytes)
+ACCEPT = "application/vnd.oci.image.manifest.v1+json"
+
+
+def default_workers(workdir: str) -> int:
+    """The worker count our server resolves with its defaults (REGISTRY_WORKERS=auto) in the
+    benchmark's environment, from its own Settings, so the ceilings get the same count."""
+    _, env = Ours("probe", workdir, workdir, port=5000).command()
+    code = "from entrypoints.settings import Settings; print(Settings().workers)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=workdir, capture_output=True, text=True,
+                            timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not resolve the default worker count: {result.stderr[-2000:]}")
+    return int(result.stdout.strip())
+
+
+def small_round(sizes: Sizes, workdir: str, layout: str, blob: str, blob_digest: str, nginx: Nginx | None,
+                workers: int, round_no: int, record) -> None:
+    """Every small request against ours, Distribution, the bare Sanic app and nginx, all running side by
+    side, one request type at a time with the four in rotating order, so a change in the (shared)
+    machine's load falls on every column alike."""
+    regs: dict[str, Registry] = {}
+    try:
+        for who, cls in (("ours", Ours), ("distribution", Distribution)):
+            data = os.path.join(workdir, f"small-{who}")
+            shutil.rmtree(data, ignore_errors=True)
+            os.makedirs(data)
+            regs[who] = reg = cls(f"small-{who}", data, workdir)
+            reg.start()
+            push_monolithic(reg, blob, blob_digest, "bench/mono")
+            sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
+               f"docker://127.0.0.1:{reg.port}/bench/skopeo:latest")
+        ours = regs["ours"]
+        if ours.workers() != workers:
+            raise RuntimeError(f"our server runs {ours.workers()} workers, its settings resolved {workers}")
+        r = httpx.get(f"{ours.url}/v2/bench/skopeo/manifests/latest", headers={"Accept": ACCEPT})
+        r.raise_for_status()
+        manifest_digest = r.headers["Docker-Content-Digest"]
+        tiny = os.path.join(workdir, TINY_FILE)
+        os.makedirs(os.path.dirname(tiny), exist_ok=True)
+        with open(tiny, "wb") as f:
+            f.write(r.content)
+        regs["bare_sanic"] = bare = BareSanic(workdir, tiny, r.headers["Content-Type"], os.path.getsize(blob),
+                                              workers)
+        bare.start()
+        for i, (label, (method, path)) in enumerate(SMALL_REQUESTS.items()):
+            shift = (round_no + i) % len(TARGETS)
+            for who in TARGETS[shift:] + TARGETS[:shift]:
+                if who == "nginx":
+                    if nginx is None:
+                        continue
+                    url = f"{nginx.url}/{TINY_FILE}"
+                else:
+                    url = regs[who].url + path.format(manifest=manifest_digest, blob=blob_digest)
+                for key, value in hey(url, method, sizes.requests, sizes.connections, ACCEPT).items():
+                    record(f"{label} {key}", who, value)
+    finally:
+        for reg in regs.values():
+            reg.stop()
+        for who in ("ours", "distribution"):
+            shutil.rmtree(os.path.join(workdir, f"small-{who}"), ignore_errors=True)
+
+
 # -- the run ----------------------------------------------------------------------------------------------
-def run(sizes: Sizes, out_dir: str, workdir: str) -> dict:
+def write_blob(path: str, size: int, seed: str) -> str:
+    with open(path, "wb") as f:
+        for i in range(max(1, size // MiB)):
+            f.write(hashlib.shake_256(f"{seed}-{i}".encode()).digest(min(MiB, size)))
+    return sha256_file(path)
+
+
+def run(sizes: Sizes, out_dir: str, workdir: str, only: str | None = None) -> dict:
     samples: dict[str, dict[str, list[float]]] = {}
 
     def record(metric: str, who: str, value: float) -> None:
-        samples.setdefault(metric, {"ours": [], "distribution": []})[who].append(value)
+        samples.setdefault(metric, {who: [] for who in TARGETS})[who].append(value)
 
+    workers = default_workers(workdir)
+    print(f"our registry runs with its default worker count (REGISTRY_WORKERS unset: auto) = {workers}; "
+          f"the bare Sanic app gets {workers} workers and nginx {workers} worker processes",
+          file=sys.stderr, flush=True)
+    nginx = Nginx(workdir, workers) if shutil.which("nginx") else None
+    if nginx is None:
+        print("nginx is not installed: no machine ceiling", file=sys.stderr, flush=True)
+    head_blob = os.path.join(workdir, "head.bin")  # HEAD blob only stats it: its size does not matter
+    head_digest = write_blob(head_blob, MiB, "head")
+    layout = os.path.join(workdir, "layout")
+    # The manifest's shape (number of layers) is what small requests see; --only small skips big layers.
+    write_layout(layout, sizes.layers, 64 * 1024 if only == "small" else sizes.layer_size, "bench")
+    if nginx is not None:
+        nginx.start()
+    try:
+        if only == "small":
+            limits: dict[str, float] = {}
+            for round_no in range(sizes.rounds):
+                print(f"round {round_no + 1}/{sizes.rounds}: small requests", file=sys.stderr, flush=True)
+                small_round(sizes, workdir, layout, head_blob, head_digest, nginx, workers, round_no, record)
+        else:
+            limits = full_rounds(sizes, workdir, layout, nginx, record,
+                                 lambda round_no: small_round(sizes, workdir, layout, head_blob, head_digest,
+                                                              nginx, workers, round_no, record))
+    finally:
+        if nginx is not None:
+            nginx.stop()
+    return report(samples, limits, sizes, out_dir, {"ours": workers, "bare_sanic": workers,
+                                                    "nginx": workers if nginx else 0}, only)
+
+
+def full_rounds(sizes: Sizes, workdir: str, layout: str, nginx: Nginx | None, record, small) -> dict[str, float]:
     blob = os.path.join(workdir, "blob.bin")
-    with open(blob, "wb") as f:
-        for i in range(sizes.blob // MiB or 1):
-            f.write(hashlib.shake_256(f"blob-{i}".encode()).digest(min(MiB, sizes.blob)))
-    digest = sha256_file(blob)
+    digest = write_blob(blob, sizes.blob, "blob")
     chunks = []
     with open(blob, "rb") as f:
         i = 0
@@ -396,18 +555,13 @@ def run(sizes: Sizes, out_dir: str, workdir: str) -> dict:
                 c.write(data)
             chunks.append(path)
             i += 1
-    small = []
+    parallel_files = []
     for i in range(sizes.parallel):
         path = os.path.join(workdir, f"par{i}.bin")
-        with open(path, "wb") as f:
-            for j in range(max(1, sizes.parallel_blob // MiB)):
-                f.write(hashlib.shake_256(f"par-{i}-{j}".encode()).digest(min(MiB, sizes.parallel_blob)))
-        small.append((path, sha256_file(path)))
-    layout = os.path.join(workdir, "layout")
-    write_layout(layout, sizes.layers, sizes.layer_size, "bench")
+        parallel_files.append((path, write_blob(path, sizes.parallel_blob, f"par-{i}")))
 
     print("measuring physical limits...", file=sys.stderr, flush=True)
-    limits = physical(blob, workdir)
+    limits = physical(blob, workdir, nginx)
 
     for round_no in range(sizes.rounds):
         order = [Ours, Distribution] if round_no % 2 == 0 else [Distribution, Ours]
@@ -427,8 +581,8 @@ def run(sizes: Sizes, out_dir: str, workdir: str) -> dict:
                 record("pull_cold_MBps" if drop_caches() else "pull_first_MBps", who,
                        pull(reg, "bench/mono", digest) / 1e6)
                 record("pull_warm_MBps", who, pull(reg, "bench/mono", digest) / 1e6)
-                record("push_parallel_MBps", who, parallel(reg, small, push=True) / 1e6)
-                record("pull_parallel_MBps", who, parallel(reg, small, push=False) / 1e6)
+                record("push_parallel_MBps", who, parallel(reg, parallel_files, push=True) / 1e6)
+                record("pull_parallel_MBps", who, parallel(reg, parallel_files, push=False) / 1e6)
                 started = time.monotonic()
                 sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:latest",
                    f"docker://127.0.0.1:{reg.port}/bench/skopeo:latest")
@@ -439,20 +593,6 @@ def run(sizes: Sizes, out_dir: str, workdir: str) -> dict:
                 sh("skopeo", "copy", "--src-tls-verify=false", f"docker://127.0.0.1:{reg.port}/bench/skopeo:latest",
                    f"dir:{pulled}")
                 record("skopeo_pull_s", who, time.monotonic() - started)
-                accept = "application/vnd.oci.image.manifest.v1+json"
-                manifest_digest = httpx.head(f"{reg.url}/v2/bench/skopeo/manifests/latest",
-                                             headers={"Accept": accept}).headers["Docker-Content-Digest"]
-                small_requests = {
-                    "GET /v2/": ("GET", f"{reg.url}/v2/"),
-                    "GET manifest by tag": ("GET", f"{reg.url}/v2/bench/skopeo/manifests/latest"),
-                    "HEAD manifest by tag": ("HEAD", f"{reg.url}/v2/bench/skopeo/manifests/latest"),
-                    "GET manifest by digest": ("GET", f"{reg.url}/v2/bench/skopeo/manifests/{manifest_digest}"),
-                    "HEAD blob": ("HEAD", f"{reg.url}/v2/bench/mono/blobs/{digest}"),
-                }
-                for label, (method, url) in small_requests.items():
-                    result = hey(url, method, sizes.requests, sizes.connections, accept)
-                    for key, value in result.items():
-                        record(f"{label} {key}", who, value)
                 seconds, count = list_all(reg.url, f"{reg.url}/v2/_catalog?n=1000")
                 assert count >= sizes.repositories, f"{who} catalog listed {count}"
                 record("catalog_10k_s", who, seconds)
@@ -475,7 +615,9 @@ def run(sizes: Sizes, out_dir: str, workdir: str) -> dict:
                     reg.stop()
             record("gc_s", who, collect(who, reg, data, workdir))
             shutil.rmtree(data, ignore_errors=True)
-    return report(samples, limits, sizes, out_dir)
+        print(f"round {round_no + 1}/{sizes.rounds}: small requests", file=sys.stderr, flush=True)
+        small(round_no)
+    return limits
 
 
 def collect(who: str, reg: Registry, data: str, workdir: str) -> float:
@@ -501,39 +643,75 @@ def collect(who: str, reg: Registry, data: str, workdir: str) -> float:
 LOWER_IS_BETTER = ("_s", "_ms", "_MB")
 
 
-def report(samples: dict, limits: dict, sizes: Sizes, out_dir: str) -> dict:
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def report(samples: dict, limits: dict, sizes: Sizes, out_dir: str, workers: dict[str, int],
+           only: str | None = None) -> dict:
     rows = []
     for metric, values in samples.items():
-        ours = statistics.median(values["ours"]) if values["ours"] else None
-        theirs = statistics.median(values["distribution"]) if values["distribution"] else None
-        ratio = ours / theirs if ours is not None and theirs else None
-        rows.append({"metric": metric, "ours": ours, "distribution": theirs, "ratio": ratio,
+        medians = {who: _median(values.get(who, [])) for who in TARGETS}
+        rows.append({"metric": metric, "ours": medians["ours"], "distribution": medians["distribution"],
+                     "ratio": _ratio(medians["ours"], medians["distribution"]),
+                     "bare_sanic": medians["bare_sanic"], "nginx": medians["nginx"],
+                     "ours_per_bare_sanic": _ratio(medians["ours"], medians["bare_sanic"]),
+                     "ours_per_nginx": _ratio(medians["ours"], medians["nginx"]),
                      "better": "lower" if metric.endswith(LOWER_IS_BETTER) else "higher",
-                     "samples": values})
+                     "samples": {who: v for who, v in values.items() if v}})
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": {
-        "cpus": os.cpu_count(), "python": sys.version.split()[0]}, "sizes": sizes.__dict__, "limits": limits,
-        "rows": rows}
+        "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "load_average": [round(x, 2) for x in os.getloadavg()]}, "sizes": sizes.__dict__, "only": only,
+        "workers": workers, "limits": limits, "rows": rows}
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(out_dir, f"bench-{stamp}.json"), "w") as f:
         json.dump(result, f, indent=2)
-    lines = [f"# Benchmark {result['when']}", "",
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [f"# Benchmark {result['when']}" + (f" (only {only})" if only else ""), "",
              f"Sizes: blob {sizes.blob // MiB} MiB, chunks {sizes.chunk // 1024} KiB, {sizes.parallel} x "
              f"{sizes.parallel_blob // 1024} KiB in parallel, {sizes.requests} requests at {sizes.connections} "
              f"connections, {sizes.repositories} repositories, {sizes.tags} tags, {sizes.gc_images} images for GC, "
              f"{sizes.rounds} round(s); medians.", "",
-             "Machine limits: " + ", ".join(f"{k} {v:.0f}" for k, v in limits.items()), "",
+             f"Workers: ours {workers['ours']} (its default, REGISTRY_WORKERS=auto), bare Sanic "
+             f"{workers['bare_sanic']}, nginx {workers['nginx']} worker processes; {os.cpu_count()} CPUs, "
+             f"load average at the end {load}.", "",
+             "Machine limits: " + (", ".join(f"{k} {v:.0f}" for k, v in limits.items()) or "not measured"), "",
              "| metric | ours | Distribution 2.8.2 | ours/Distribution | better |",
              "| --- | ---: | ---: | ---: | --- |"]
     for row in rows:
-        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        lines.append(f"| {row['metric']} | {_fmt(row['ours'])} | {_fmt(row['distribution'])} | {ratio} | "
-                     f"{row['better']} |")
+        lines.append(f"| {row['metric']} | {_fmt(row['ours'])} | {_fmt(row['distribution'])} | "
+                     f"{_fmt_ratio(row['ratio'])} | {row['better']} |")
+    by_metric = {row["metric"]: row for row in rows}
+    if any(f"{label} rps" in by_metric for label in SMALL_REQUESTS):
+        lines += ["", "Small requests against the two ceilings, same `hey` load, same worker count: a bare Sanic "
+                  "app answering the same manifest from memory (the framework), nginx serving it as a static "
+                  "file (the machine).", "",
+                  "| request | ours rps | Distribution rps | bare Sanic rps | nginx rps | ours/Distribution | "
+                  "ours/bare Sanic | ours/nginx | p99 ms ours | p99 Distribution | p99 bare Sanic | p99 nginx |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for label in SMALL_REQUESTS:
+            rps, p99 = by_metric.get(f"{label} rps"), by_metric.get(f"{label} p99_ms")
+            if rps is None or p99 is None:
+                continue
+            lines.append(f"| {label} | {_fmt(rps['ours'])} | {_fmt(rps['distribution'])} | {_fmt(rps['bare_sanic'])}"
+                         f" | {_fmt(rps['nginx'])} | {_fmt_ratio(rps['ratio'])} | "
+                         f"{_fmt_ratio(rps['ours_per_bare_sanic'])} | {_fmt_ratio(rps['ours_per_nginx'])} | "
+                         f"{_fmt(p99['ours'])} | {_fmt(p99['distribution'])} | {_fmt(p99['bare_sanic'])} | "
+                         f"{_fmt(p99['nginx'])} |")
     markdown = "\n".join(lines) + "\n"
     with open(os.path.join(out_dir, f"bench-{stamp}.md"), "w") as f:
         f.write(markdown)
     print(markdown)
     return result
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _fmt(value: float | None) -> str:
@@ -548,6 +726,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, help="rounds per registry (default 3; smoke 1)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"), help="where results go")
     parser.add_argument("--workdir", help="scratch directory (default: a temp dir, removed afterwards)")
+    parser.add_argument("--only", choices=["small"],
+                        help="run one part only: small = the small requests against ours, Distribution, "
+                             "the bare Sanic app and nginx")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else Sizes()
     if args.rounds:
@@ -555,10 +736,11 @@ def main(argv: list[str] | None = None) -> dict:
     for tool in ("docker-registry", "curl", "hey", "skopeo"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is not installed (scripts/setup installs it)")
-    workdir = args.workdir or tempfile.mkdtemp(prefix="myregistry-bench-")
-    os.chmod(workdir, 0o755)  # nginx's workers run as an unprivileged user and must read the test file
+    workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="myregistry-bench-"))
+    os.makedirs(workdir, exist_ok=True)
+    os.chmod(workdir, 0o755)  # nginx's workers run as an unprivileged user and must read the test files
     try:
-        return run(sizes, args.out, workdir)
+        return run(sizes, os.path.abspath(args.out), workdir, args.only)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
