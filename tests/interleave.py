@@ -251,30 +251,28 @@ def random_policy(rng: random.Random, reads: frozenset[str] = frozenset(),
     scheduler makes them."""
     habit = rng.choice(habits)
     keep = {"keep1": 1, "keep3": 3}.get(habit, 0)
-    victim, reads_left = None, rng.randint(1, 4)
-    held: set[str] = set()  # the victim, once stopped
-    last: list[str] = []
+    victim, reads_left, held = None, rng.randint(1, 4), False
+    current, did = None, ""  # the task picked last, and the method it was about to call
 
     def choose(labels: list[str]) -> int:
-        nonlocal victim, reads_left
+        nonlocal victim, reads_left, held, current, did
         names = [label.split(": ", 1)[0] for label in labels]
-        current = last[-1] if last and last[-1] in names else None
+        if current not in names:
+            current = None
         if habit == "stale":
             victim = victim or rng.choice(names)
-            if current == victim and last_call[0] in reads:
+            if current == victim and did in reads:
                 reads_left -= 1
-                if reads_left == 0:
-                    held.add(victim)
-            runnable = [name for name in names if name not in held] or names
+                held = held or reads_left == 0
+            runnable = [name for name in names if not (held and name == victim)] or names
             if current not in runnable:
                 current = victim if victim in runnable else rng.choice(runnable)
         elif current is None or not keep or rng.randrange(keep + 1) == keep:
-            current = names[rng.randrange(len(names))]
-        last.append(current)
-        last_call[0] = labels[names.index(current)].split(": ", 1)[1].split("(", 1)[0].split(".")[-1]
-        return names.index(current)
+            current = rng.choice(names)
+        index = names.index(current)
+        did = labels[index].split(": ", 1)[1].split("(", 1)[0].split(".")[-1]
+        return index
 
-    last_call = [""]
     return choose
 
 

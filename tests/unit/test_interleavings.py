@@ -187,7 +187,8 @@ def kinds(focus: str, where: st.SearchStrategy[str], exact: bool) -> dict[str, s
         "cancel_shared": op("cancel_shared"),
         # an image's blobs, then the image (the index X has no blobs of its own: its manifest only)
         "push": op("push", repo=where, manifest=around, tag=some_tag),
-        "put": op("put", repo=where, manifest=around, tag=some_tag),  # the manifest only
+        # the manifest only; by tag in the focused families (a tag is what a concurrent DELETE can break)
+        "put": op("put", repo=where, manifest=around, tag=tag_ if exact else some_tag),
         "delete": op("delete", repo=where, manifest=around),  # by digest (never a child of X)
         "untag": op("untag", repo=where, tag=tag_),
         "delete_repo": op("delete_repo", repo=where),
@@ -809,7 +810,8 @@ def play(world: World) -> list[Outcome]:
 def _explore(family: str, ops: list[Op], plan: dict, seed: int) -> None:
     """Run the example's program under the family's number of schedules, checking each."""
     stats = STATS[family]
-    template = World(lambda labels: 0, ops)
+    template = World(lambda labels: 0, ops)  # set up once; each schedule runs on a copy of its storage
+
     async def prepare() -> None:
         await template.setup(plan)
         await template.check()
@@ -891,6 +893,8 @@ def _summary(request: pytest.FixtureRequest):
     yield
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if capture is None or reporter is None:
+        return
     with capture.global_and_fixture_disabled():
         for family, s in STATS.items():
             reporter.write_line(
