@@ -121,3 +121,28 @@ class StorageFailure(RegistryError):
 
     code = "UNKNOWN"
     default_message = "the registry's storage failed"
+
+
+class Unauthorized(RegistryError):
+    """No credentials where the rules want some, or credentials that are wrong: log in."""
+
+    code = "UNAUTHORIZED"
+    default_message = "authentication required"
+
+
+class Denied(RegistryError):
+    """A logged-in caller whom the rules do not allow this."""
+
+    code = "DENIED"
+    default_message = "requested access to the resource is denied"
+
+
+class TooManyAttempts(RegistryError):
+    """Too many failed logins for this user from this address: wait `retry_after` seconds."""
+
+    code = "TOOMANYREQUESTS"
+    default_message = "too many failed logins; wait before trying again"
+
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from .access import Scope
 from .digest import Digest
 from .names import RepositoryName, Tag
 
@@ -268,3 +269,64 @@ class Locks(ABC):
 
     @abstractmethod
     def session(self, repo: RepositoryName, upload_id: str) -> AbstractAsyncContextManager[None]: ...
+
+
+# Access control. The rules themselves are pure data (domain/access.py); these are what they need from
+# outside: a directory of users, a memory of failed logins, and tokens.
+
+class Passwords(ABC):
+    """The users who may log in (htpasswd file today; a database later)."""
+
+    @abstractmethod
+    async def check(self, user: str, password: str) -> bool:
+        """Whether `password` is `user`'s, in time that does not depend on where they differ."""
+
+    @abstractmethod
+    async def exists(self, user: str) -> bool: ...
+
+
+class LoginThrottle(ABC):
+    """Failed logins per key (a user and an address). Per process in memory today;
+    shared through a database or Redis when replicas share the traffic."""
+
+    @abstractmethod
+    def retry_after(self, keys: tuple[str, ...]) -> float:
+        """Seconds before one of `keys` may try again; 0 when none is held back."""
+
+    @abstractmethod
+    def failed(self, keys: tuple[str, ...]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    issued_at: float
+    expires_in: int
+    refresh_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    subject: str | None
+    access: dict[tuple[str, str], frozenset[str]]  # (type, name) -> actions ("*" is every action)
+    expires_at: float
+    ours: bool  # signed by this registry's own token endpoint, so its subject is one of our users
+
+
+class TokenIssuer(ABC):
+    @abstractmethod
+    def issue(self, subject: str | None, access: list[Scope]) -> IssuedToken: ...
+
+    @abstractmethod
+    def issue_refresh(self, subject: str) -> str: ...
+
+    @abstractmethod
+    def refresh_subject(self, token: str) -> str | None:
+        """The user a refresh token was issued to, or None if it is not one of ours, valid and unexpired."""
+
+
+class TokenVerifier(ABC):
+    @abstractmethod
+    def verify(self, token: str) -> VerifiedToken:
+        """The token's claims, once its signature, algorithm, issuer, audience and times are checked;
+        raises Unauthorized saying what is wrong otherwise."""

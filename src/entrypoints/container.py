@@ -9,10 +9,16 @@ from collections.abc import Callable
 
 from dependency_injector import containers, providers
 
+from adapters.auth.htpasswd import HtpasswdPasswords
+from adapters.auth.rules_file import parse_rules
+from adapters.auth.throttle import MemoryLoginThrottle
+from adapters.auth.tokens import JwtTokens, KeyRing, load_public_keys
+from adapters.auth.watched import WatchedFile
 from adapters.filesystem import FilesystemBlobStore, FilesystemLocks, FilesystemRepositoryStore, Layout
 from adapters.filesystem.jobs import FilesystemGcJobs
 from adapters.memory import MemoryBlobStore, MemoryLocks, MemoryRepositoryStore
 from adapters.memory_jobs import MemoryGcJobs
+from domain.access import AccessRules
 from domain.usecases._common import HasherCache, Limits
 from domain.usecases.append_upload import AppendUpload
 from domain.usecases.cancel_upload import CancelUpload
@@ -24,9 +30,11 @@ from domain.usecases.delete_repository import DeleteRepository
 from domain.usecases.get_manifest import GetManifest
 from domain.usecases.get_upload_status import GetUploadStatus
 from domain.usecases.import_image import ImportImage
+from domain.usecases.issue_token import IssueToken
 from domain.usecases.list_referrers import ListReferrers
 from domain.usecases.list_repositories import ListRepositories
 from domain.usecases.list_tags import ListTags
+from domain.usecases.login import Login
 from domain.usecases.mount_blob import MountBlob
 from domain.usecases.purge_uploads import PurgeUploads
 from domain.usecases.put_manifest import PutManifest
@@ -65,6 +73,35 @@ ADAPTERS: dict[str, type[containers.DeclarativeContainer]] = {
 
 def _new_upload_id() -> str:
     return str(uuid.uuid4())
+
+
+# Access control. Each factory answers None where the configured mode has no use for it.
+
+def _rules(auth: str, path: str | None) -> Callable[[], AccessRules]:
+    if path:
+        return WatchedFile(path, parse_rules, "access rules file").get
+    rules = AccessRules.open() if auth == "none" else AccessRules.logged_in()
+    return lambda: rules
+
+
+def _passwords(path: str | None) -> HtpasswdPasswords | None:
+    return HtpasswdPasswords(path) if path else None
+
+
+def _key_ring(auth: str, public_keys: str | None, storage: str, root: str, signing_key: str | None,
+              ttl: float) -> KeyRing | None:
+    if auth != "token" or public_keys:
+        return None
+    directory = Layout(root).token_keys_dir() if storage == "filesystem" and not signing_key else None
+    return KeyRing(directory, ttl, signing_key_file=signing_key)
+
+
+def _tokens(auth: str, public_keys: str | None, ring: KeyRing | None, issuer: str, service: str, ttl: float,
+            refresh_ttl: float) -> JwtTokens | None:
+    if auth != "token":
+        return None
+    external = load_public_keys(public_keys) if public_keys else None
+    return JwtTokens(issuer, service, ttl, refresh_ttl, ring=ring, external_keys=external)
 
 
 class Container(containers.DeclarativeContainer):
@@ -106,6 +143,18 @@ class Container(containers.DeclarativeContainer):
     collect_garbage = providers.Singleton(CollectGarbage, adapters.blobs, adapters.repos, adapters.locks, clock,
                                           config.gc_grace_seconds, purge_uploads)
     import_image = providers.Singleton(ImportImage, adapters.blobs, adapters.repos, upload_blob, put_manifest)
+
+    access_rules = providers.Singleton(_rules, config.auth, config.auth_rules)
+    passwords = providers.Singleton(_passwords, config.auth_htpasswd)
+    login_throttle = providers.Singleton(MemoryLoginThrottle, config.auth_login_burst,
+                                         config.auth_login_refill_seconds)
+    login = providers.Singleton(Login, passwords, login_throttle, access_rules)
+    key_ring = providers.Singleton(_key_ring, config.auth, config.auth_token_public_keys, config.storage,
+                                   config.storage_root, config.auth_token_signing_key, config.auth_token_ttl)
+    tokens = providers.Singleton(_tokens, config.auth, config.auth_token_public_keys, key_ring,
+                                 config.auth_token_issuer, config.auth_token_service, config.auth_token_ttl,
+                                 config.auth_refresh_token_ttl)
+    issue_token = providers.Singleton(IssueToken, login, passwords, tokens, access_rules)
 
 
 def build_container(settings: Settings | None = None, clock: Callable[[], float] | None = None) -> Container:

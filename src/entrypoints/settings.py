@@ -49,6 +49,32 @@ class Settings(BaseSettings):
     # A request's line and headers must arrive within this many seconds of its first byte (slowloris).
     header_timeout: float = Field(20, gt=0)
 
+    # Access control (README "Access control"). none: anyone who reaches the port may do anything.
+    auth: Literal["none", "htpasswd", "token"] = "none"
+    # Users and bcrypt hashes, Apache's htpasswd format (`myregistry users add`); re-read when it changes.
+    auth_htpasswd: str | None = None
+    # Who may do what on which repositories (TOML; `myregistry config` prints a skeleton). Without one,
+    # every logged-in user may do everything and anonymous callers nothing (Distribution's behaviour).
+    auth_rules: str | None = None
+    # Token mode. Without auth_token_public_keys the registry is its own token server at /auth/token,
+    # signing with a key generated under the storage root (or auth_token_signing_key).
+    auth_token_realm: str | None = None  # default: <this server>/auth/token
+    auth_token_service: str = "myregistry"
+    auth_token_issuer: str = "myregistry"
+    auth_token_signing_key: str | None = None  # a PEM RSA or EC private key
+    auth_token_public_keys: str | None = None  # an external token server's keys: PEM bundle or JWKS JSON
+    auth_token_ttl: float = Field(300, ge=10, le=86400)
+    auth_refresh_token_ttl: float = Field(7 * 86400, ge=60)
+    # Failed logins per user and address: this many at once, then one more every refill seconds (429).
+    auth_login_burst: int = Field(5, ge=1)
+    auth_login_refill_seconds: float = Field(12, gt=0)
+
+    # TLS: both paths, or neither (plain HTTP). Re-read on SIGHUP; open connections are kept.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # With a CA file, clients may log in with a certificate it signed: its subject's CN is the user.
+    tls_client_ca: str | None = None
+
     @field_validator("workers")
     @classmethod
     def _workers_in_range(cls, value: int | str) -> int | str:
@@ -62,6 +88,24 @@ class Settings(BaseSettings):
             self.workers = max(1, min(len(os.sched_getaffinity(0)), self.max_workers))
         return self
 
+    @model_validator(mode="after")
+    def _auth_complete(self) -> Settings:
+        if bool(self.tls_cert) != bool(self.tls_key):  # an empty value is no value
+            raise ValueError("REGISTRY_TLS_CERT and REGISTRY_TLS_KEY go together: set both, or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("REGISTRY_TLS_CLIENT_CA needs TLS: set REGISTRY_TLS_CERT and REGISTRY_TLS_KEY")
+        if self.auth == "htpasswd" and not self.auth_htpasswd:
+            raise ValueError("REGISTRY_AUTH=htpasswd needs REGISTRY_AUTH_HTPASSWD, the file of users "
+                             "(create it with `myregistry users add NAME`)")
+        if self.auth == "token" and not self.auth_token_public_keys and not self.auth_htpasswd:
+            raise ValueError("REGISTRY_AUTH=token needs either REGISTRY_AUTH_HTPASSWD (this registry issues "
+                             "tokens to those users) or REGISTRY_AUTH_TOKEN_PUBLIC_KEYS (an external token "
+                             "server's keys)")
+        if self.auth == "token" and self.auth_token_public_keys and not self.auth_token_realm:
+            raise ValueError("REGISTRY_AUTH_TOKEN_PUBLIC_KEYS (an external token server) needs "
+                             "REGISTRY_AUTH_TOKEN_REALM, the URL where clients get tokens")
+        return self
+
 
 def describe_error(err: Exception) -> str:
     """A pydantic ValidationError as lines naming the environment variable to fix."""
@@ -73,7 +117,10 @@ def describe_error(err: Exception) -> str:
     lines = ["invalid settings:"]
     named = set()
     for e in err.errors():
-        field = str(e["loc"][0]) if e["loc"] else "workers"
+        if not e["loc"]:  # a check across settings: its message names them
+            lines.append("  " + e["msg"].removeprefix("Value error, "))
+            continue
+        field = str(e["loc"][0])
         var = aliases.get(field.lower(), field if field.isupper() else "REGISTRY_" + field.upper())
         if var in named:  # a value for a union field fails each branch: one line is enough
             continue

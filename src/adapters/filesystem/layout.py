@@ -16,6 +16,7 @@ This is CNCF Distribution's layout, so a data directory moves between it and us 
       _myregistry/locks/{collector,gate,writes}.lock     ours: flock files coordinating the collector
       _myregistry/catalog/<name with / as +>             ours: one empty file per repository holding a
                                                          manifest; `.complete` once the index is whole
+      _myregistry/token-keys/<created>-<kid>.pem         ours: the token endpoint's signing keys (0600)
       _myregistry/gc-jobs/<id>.json                      ours: state of a collection started with
                                                          ?wait=false (the last 100)
 
@@ -139,6 +140,9 @@ class Layout:
 
     def gc_jobs_dir(self) -> str:
         return os.path.join(self.v2, "_myregistry", "gc-jobs")
+
+    def token_keys_dir(self) -> str:
+        return os.path.join(self.v2, "_myregistry", "token-keys")
 
     def gc_job(self, job_id: str) -> str:
         return os.path.join(self.gc_jobs_dir(), f"{job_id}.json")

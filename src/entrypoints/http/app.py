@@ -12,7 +12,22 @@ from sanic import Request, Sanic
 
 from ..container import Container, build_container
 from ..settings import Settings
-from . import base, blobs, errors, gc, health, logs, maintenance, manifests, metrics, referrers, tags, uploads
+from . import (
+    auth,
+    base,
+    blobs,
+    errors,
+    gc,
+    health,
+    logs,
+    maintenance,
+    manifests,
+    metrics,
+    referrers,
+    tags,
+    token,
+    uploads,
+)
 
 _counter = itertools.count()
 _UNSAFE_URL_BYTES = re.compile(rb"[\x00-\x20\x7f-\xff]")
@@ -28,6 +43,20 @@ class RegistryRequest(Request):
         if kwargs.get("method") == "NONE":
             url_bytes = _UNSAFE_URL_BYTES.sub(lambda m: b"%%%02X" % m.group()[0], url_bytes)
         super().__init__(url_bytes, *args, **kwargs)
+
+
+def build_access(settings: Settings, container: Container) -> auth.Access | None:
+    """What the auth middleware needs for these settings; None when the registry is open."""
+    if settings.auth == "none":
+        return None
+    certificate_user = None
+    if settings.tls_client_ca:
+        from ..tls import client_certificate_user as certificate_user
+    return auth.Access(
+        mode=settings.auth, rules=container.access_rules(),
+        login=container.login() if settings.auth == "htpasswd" else None,
+        tokens=container.tokens() if settings.auth == "token" else None,
+        realm=settings.auth_token_realm, service=settings.auth_token_service, certificate_user=certificate_user)
 
 
 def create_app(settings: Settings | None = None, container: Container | None = None,
@@ -53,6 +82,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     app.ctx.settings = settings
     for bp in (base.bp, health.bp, gc.bp, tags.bp, referrers.bp, uploads.bp, blobs.bp, manifests.bp):
         app.blueprint(bp)
+    access = build_access(settings, container)
+    if access is not None and access.mode == "token" and not settings.auth_token_public_keys:
+        app.blueprint(token.bp)
+    auth.install(app, access)
     errors.install(app)
     metrics.install(app)
     app.on_request(logs.begin, priority=100)

@@ -5,6 +5,7 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from domain.pagination import parse_page_size
 
+from .auth import caller_of
 from .params import next_link
 
 bp = Blueprint("base")
@@ -18,6 +19,7 @@ async def api_version(request: Request) -> HTTPResponse:
 @bp.route("/v2/_catalog", methods=["GET"])
 async def catalog(request: Request) -> HTTPResponse:
     n = parse_page_size(request.args.get("n"))
-    page = await request.app.ctx.container.list_repositories()(n, request.args.get("last"))
+    visible = caller_of(request).catalog_filter()
+    page = await request.app.ctx.container.list_repositories()(n, request.args.get("last"), visible)
     return HTTPResponse(orjson.dumps({"repositories": page.items}), content_type="application/json",
                         headers=next_link("/v2/_catalog", n, page.next_last))

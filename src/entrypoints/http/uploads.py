@@ -5,6 +5,7 @@ from sanic import Blueprint, HTTPResponse, Request
 from domain.digest import Digest
 from domain.names import RepositoryName
 
+from .auth import caller_of
 from .params import body_chunks, content_range, digest_param, drain, has_body, name, no_body, upload_headers
 
 bp = Blueprint("uploads")
@@ -22,7 +23,7 @@ async def start_upload(request: Request, repo: str) -> HTTPResponse:
         digest = digest_param(request, "mount")
         source = request.args.get("from")
         source_name = name(source) if source else None
-        if await uc.mount_blob()(repo_name, digest, source_name) is not None:
+        if await uc.mount_blob()(repo_name, digest, source_name, caller_of(request).mount_filter()) is not None:
             await drain(request)  # clients send an empty body; read it so the connection stays usable
             return _created(repo_name, digest)
         # A refused mount becomes an ordinary session, as every client expects.
