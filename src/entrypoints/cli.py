@@ -35,6 +35,14 @@ def serve(args: argparse.Namespace) -> None:
     configure_logging(settings.log_level)
     if args.port:
         settings = settings.model_copy(update={"port": args.port})
+    tls = None
+    if settings.tls_cert:  # before anything starts: a file problem is one message, not a traceback
+        from .tls import TlsError, reload_on_sighup, sanic_server_pids, server_context
+        try:
+            tls = server_context(settings.tls_cert, settings.tls_key or "", settings.tls_client_ca)
+        except TlsError as err:
+            sys.exit(f"myregistry serve: {err}")
+    access_level, access_line = _prepare_access(settings)
     # Forked workers inherit the imported modules: the first request is answered well within a second,
     # where spawned workers would each import everything again.
     Sanic.start_method = "fork"
@@ -43,14 +51,54 @@ def serve(args: argparse.Namespace) -> None:
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers,
                 single_process=settings.workers == 1, access_log=False, motd=False,
-                protocol=RegistryHttpProtocol)
+                protocol=RegistryHttpProtocol, ssl=tls.context if tls else None)
     logging.getLogger("myregistry").info(
-        "serving %s storage at %s on http://%s:%s with %s worker(s)", settings.storage,
-        os.path.abspath(settings.storage_root), settings.host, settings.port, settings.workers)
+        "serving %s storage at %s on %s://%s:%s with %s worker(s)", settings.storage,
+        os.path.abspath(settings.storage_root), "https" if tls else "http", settings.host, settings.port,
+        settings.workers)
+    logging.getLogger("myregistry").log(access_level, access_line)
+    if tls:  # SIGHUP re-reads the certificate and key in every process (entrypoints/tls.py)
+        reload_on_sighup(tls, None if settings.workers == 1 else sanic_server_pids(app))
     if settings.workers == 1:
         Sanic.serve_single(primary=app)  # one process: no worker manager to start or stop
     else:
         Sanic.serve(primary=app, app_loader=loader)
+
+
+def _prepare_access(settings: Settings) -> tuple[int, str]:
+    """Read the access configuration once before serving (a bad file stops the start with its reason),
+    make the token signing key if there is none, and say how the registry is protected."""
+    from .container import build_container
+
+    if settings.auth == "none":
+        local = settings.host in ("127.0.0.1", "::1", "localhost")
+        return (logging.INFO if local else logging.WARNING,
+                f"REGISTRY_AUTH=none: the registry is OPEN. Anyone who can reach {settings.host}:{settings.port} "
+                "may pull, push, delete and collect garbage. Set REGISTRY_AUTH=htpasswd or token to protect it "
+                "(README, 'Access control').")
+    container = build_container(settings)
+    try:
+        container.access_rules()()
+        passwords = container.passwords()
+        ring = container.key_ring()
+        if ring is not None:
+            ring.ensure()
+            ring.signing()
+        container.tokens()
+    except (ValueError, OSError) as err:
+        sys.exit(f"myregistry serve: {err}")
+    users = f"{len(passwords.file.value)} user(s) in {settings.auth_htpasswd}" if passwords else "no local users"
+    rules = f"rules from {settings.auth_rules}" if settings.auth_rules else \
+        "no rules file: every logged-in user may do everything, anonymous callers nothing"
+    if settings.auth == "token" and settings.auth_token_public_keys:
+        how = (f"bearer tokens from {settings.auth_token_realm} (issuer {settings.auth_token_issuer!r}, "
+               f"service {settings.auth_token_service!r}, keys {settings.auth_token_public_keys})")
+    elif settings.auth == "token":
+        how = f"bearer tokens from this registry's /auth/token (service {settings.auth_token_service!r})"
+    else:
+        how = "HTTP Basic"
+    certs = f"; client certificates signed by {settings.tls_client_ca}" if settings.tls_client_ca else ""
+    return logging.INFO, f"access control: {how}; {users}; {rules}{certs}"
 
 
 def _app(settings: Settings):
@@ -169,6 +217,110 @@ def delete_repository(args: argparse.Namespace) -> None:
     print(f"deleted repository {args.name}; blobs no other repository uses go at the next garbage collection")
 
 
+def _htpasswd_path(args: argparse.Namespace) -> str:
+    path = args.file or _settings().auth_htpasswd
+    if not path:
+        sys.exit("myregistry users: say which file: --file PATH or REGISTRY_AUTH_HTPASSWD")
+    return path
+
+
+def _read_password(name: str) -> str:
+    """From a terminal: asked twice, not echoed. Otherwise: the first line of stdin. Never argv, where
+    other users of the machine and the shell's history would see it."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != first:
+            sys.exit("myregistry users add: the passwords differ; nothing changed")
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if len(first) < 8:
+        sys.exit("myregistry users add: use a password of at least 8 characters; nothing changed")
+    return first
+
+
+def users(args: argparse.Namespace) -> None:
+    from adapters.auth.htpasswd import hash_password, read_users, valid_user_name, write_users
+
+    path = _htpasswd_path(args)
+    try:
+        known = read_users(path)
+        if args.action == "list":
+            for name in sorted(known):
+                print(name)
+            return
+        if not args.name or not valid_user_name(args.name):
+            sys.exit(f"myregistry users {args.action}: give a user name of letters, digits and . _ @ + - "
+                     "(starting with a letter or digit)")
+        if args.action == "remove":
+            if args.name not in known:
+                sys.exit(f"myregistry users remove: no user {args.name!r} in {path}")
+            del known[args.name]
+            write_users(path, known)
+            print(f"removed {args.name} from {path}; their refresh tokens stop working now, access tokens "
+                  "within their lifetime (REGISTRY_AUTH_TOKEN_TTL)")
+            return
+        replaced = args.name in known
+        known[args.name] = hash_password(_read_password(args.name), args.rounds)
+        write_users(path, known)
+    except ValueError as err:  # a damaged file: say where, change nothing
+        sys.exit(f"myregistry users: {err}")
+    print(f"{'changed the password of' if replaced else 'added'} {args.name} in {path}")
+
+
+def token_key(args: argparse.Namespace) -> None:
+    from adapters.auth.tokens import jwks_document
+
+    settings = _settings()
+    if settings.auth != "token" or settings.auth_token_public_keys:
+        sys.exit("myregistry token-key: only the built-in token endpoint has keys (REGISTRY_AUTH=token "
+                 "without REGISTRY_AUTH_TOKEN_PUBLIC_KEYS)")
+    from .container import build_container
+
+    ring = build_container(settings).key_ring()
+    try:
+        if args.action == "rotate":
+            kid = ring.rotate()
+            print(f"new signing key {kid}; tokens signed with the previous key stay valid for "
+                  f"{int(settings.auth_token_ttl)} s; workers pick the new key up within 10 s", file=sys.stderr)
+        else:
+            ring.ensure()
+        sys.stdout.write(jwks_document(ring.verification_keys()).decode() + "\n")
+    except (ValueError, OSError) as err:
+        sys.exit(f"myregistry token-key: {err}")
+
+
+CONFIG_SKELETON = """\
+# My Registry settings: put these in the environment or in a .env file in the working directory.
+# The environment wins over the file. Every setting is described in the README.
+PORT=5000
+STORAGE_ROOT=./data
+
+# Access control: none (open; local use only), htpasswd (HTTP Basic), or token (bearer tokens).
+REGISTRY_AUTH=token
+REGISTRY_AUTH_HTPASSWD=./htpasswd          # myregistry users add NAME
+REGISTRY_AUTH_RULES=./access.toml          # myregistry config --rules > access.toml
+# REGISTRY_AUTH_TOKEN_SERVICE=myregistry
+# REGISTRY_AUTH_TOKEN_TTL=300
+# An external token server instead of the built-in one (Harbor-, GitLab-style):
+# REGISTRY_AUTH_TOKEN_REALM=https://auth.example.com/token
+# REGISTRY_AUTH_TOKEN_ISSUER=auth.example.com
+# REGISTRY_AUTH_TOKEN_PUBLIC_KEYS=./token-server-keys.pem   # PEM keys or certificates, or a JWKS file
+
+# TLS (re-read on SIGHUP). Clients may log in with a certificate signed by the client CA (CN = user).
+# REGISTRY_TLS_CERT=./certs/registry.crt
+# REGISTRY_TLS_KEY=./certs/registry.key
+# REGISTRY_TLS_CLIENT_CA=./certs/clients-ca.crt
+"""
+
+
+def config(args: argparse.Namespace) -> None:
+    from adapters.auth.rules_file import EXAMPLE
+
+    sys.stdout.write(EXAMPLE if args.rules else CONFIG_SKELETON)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="myregistry", description="An OCI container image registry.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +345,21 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("delete-repository", help="delete a repository's manifests, tags, links and uploads")
     p.add_argument("name")
     p.set_defaults(func=delete_repository)
+    p = sub.add_parser("users", help="manage the users of the htpasswd file (REGISTRY_AUTH_HTPASSWD)")
+    p.add_argument("action", choices=["add", "remove", "list"],
+                   help="add (or change the password of) a user, remove one, or list them; the password is "
+                        "asked on the terminal or read from the first line of stdin")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--file", help="the htpasswd file (default REGISTRY_AUTH_HTPASSWD)")
+    p.add_argument("--rounds", type=int, default=12, choices=range(4, 16), metavar="4..15",
+                   help="bcrypt cost (default 12)")
+    p.set_defaults(func=users)
+    p = sub.add_parser("token-key", help="the built-in token endpoint's signing keys: print them (JWKS) or rotate")
+    p.add_argument("action", choices=["show", "rotate"])
+    p.set_defaults(func=token_key)
+    p = sub.add_parser("config", help="print a settings skeleton (.env), or with --rules an access rules file")
+    p.add_argument("--rules", action="store_true")
+    p.set_defaults(func=config)
     args = parser.parse_args(argv)
     args.func(args)
 
