@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import jwt
 import pytest
@@ -204,3 +205,21 @@ def test_every_route_has_a_need() -> None:
     app = create_app(Settings(storage="memory", auth="token", auth_htpasswd="/nonexistent"))
     names = {route.name.split(".", 1)[1] for route in app.router.routes}
     assert names - set(auth.NEEDS) == set(), "routes without an entry in auth.NEEDS (they would need an admin)"
+
+
+def test_a_rotated_key_verifies_for_one_token_lifetime_then_goes(tmp_path) -> None:
+    from adapters.auth.tokens import LEEWAY
+    now = [1_800_000_000.0]
+    ring = KeyRing(str(tmp_path / "keys"), token_ttl=300, clock=lambda: now[0], reload_every=0)
+    ring.ensure()
+    first = ring.signing()[0]
+    ring.ensure()  # idempotent
+    assert len(os.listdir(tmp_path / "keys")) == 1
+    now[0] += 5
+    second = ring.rotate()
+    assert ring.signing()[0] == second != first
+    assert {k.kid for k in ring.verification_keys()} == {first, second}
+    now[0] += 300 + LEEWAY + 1
+    assert {k.kid for k in ring.verification_keys()} == {second}
+    ring.rotate()
+    assert len(os.listdir(tmp_path / "keys")) == 2  # the first key's file is gone

@@ -90,7 +90,7 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
             "level": "INFO", "logger": access.name, "pid": os.getpid(), "request_id": request.ctx.request_id,
             "message": "request", "method": request.method, "path": request.path, "status": status,
             "bytes": nbytes, "duration_ms": round(elapsed * 1000, 3),
-            "remote": request.remote_addr or request.ip}
+            "remote": request.remote_addr or request.ip, "user": getattr(request.ctx, "user", None)}
     if request.query_string:  # a mount, a one-request upload and a plain POST differ only here
         line["query"] = request.query_string[:512]
     data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
