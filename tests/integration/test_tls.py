@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -503,3 +504,29 @@ def test_skopeo_and_curl_trust_it_with_the_ca(tmp_path, pki):
         assert out.returncode == 0 and json.loads(out.stdout) == {"name": "tls/skopeo", "tags": ["v1"]}
     finally:
         stop(server)
+
+
+def test_clients_hanging_up_on_their_answers_log_no_error(tmp_path, pki):
+    """A client that abandons requests (ctr does, once a push is refused) hangs up while the error
+    answer goes out. Sanic then ran the exception handlers again on the dead stream and logged an
+    ERROR with a traceback and a WARNING; now the request is logged 499 and nothing else."""
+    from adapters.auth.htpasswd import hash_password, write_users
+
+    htpasswd = str(tmp_path / "htpasswd")
+    write_users(htpasswd, {"alice": hash_password("alices-password", 4)})
+    server = start_tls_server(tmp_path, pki, workers=1, REGISTRY_AUTH="htpasswd", REGISTRY_AUTH_HTPASSWD=htpasswd)
+    context = ssl.create_default_context(cafile=pki.ca_path)
+    authorization = "Basic " + __import__("base64").b64encode(b"alice:alices-password").decode()
+    try:
+        for i in range(400):
+            with socket.create_connection(("127.0.0.1", server.port)) as raw:
+                if i % 2:  # half of them reset the connection rather than close it
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                with context.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(f"HEAD /v2/x/y/blobs/sha256:{'a' * 64} HTTP/1.1\r\nHost: x\r\n"
+                              f"Authorization: {authorization}\r\n\r\n".encode())
+                    time.sleep(0.0005 * (i % 40))
+        time.sleep(0.5)
+    finally:
+        stop(server)
+    assert problems(server) == []

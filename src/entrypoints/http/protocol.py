@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sanic.exceptions import BadRequest
+from sanic.exceptions import BadRequest, RequestCancelled
 from sanic.http import Http, Stage
 from sanic.http.http1 import HTTP_CONTINUE
 from sanic.server.protocols.http_protocol import HttpProtocol
@@ -27,8 +27,8 @@ log = logging.getLogger("myregistry")
 
 # What RegistryHttp uses of Sanic's Http: instance slots, and methods or constants of the class.
 _HTTP_SLOTS = ("recv_buffer", "request_body", "request_bytes_left", "expecting_continue", "keep_alive",
-               "_send", "_receive_more")
-_HTTP_MEMBERS = ("read", "_safe_int", "HEADER_MAX_SIZE")
+               "_send", "_receive_more", "protocol", "request")
+_HTTP_MEMBERS = ("read", "error_response", "_safe_int", "HEADER_MAX_SIZE")
 _CHUNK_SIZE_LINE_MAX = 64  # Sanic's own bound on a chunk-size line (with its extensions)
 
 
@@ -53,6 +53,21 @@ class RegistryHttp(Http):
     data's CRLF, which Sanic assumes without checking. Every other part of the body is Sanic's."""
 
     __slots__ = ()
+
+    async def error_response(self, exception: Exception) -> None:
+        """A client that hung up while its answer was going out (RequestCancelled): nothing can reach
+        it any more. Sanic would run the exception handlers once more and try to send their answer on
+        the dead stream, logging an ERROR with a traceback, and a WARNING, for what is ordinary traffic
+        (a client abandoning requests it no longer needs). The request is logged as 499 instead."""
+        transport = getattr(self.protocol, "transport", None)
+        if isinstance(exception, RequestCancelled) and (transport is None or transport.is_closing()):
+            self.keep_alive = False
+            if self.request is not None:
+                from .logs import finish  # logs imports this module
+
+                finish(self.request, 499, None)
+            return
+        await super().error_response(exception)
 
     async def read(self) -> bytes | None:
         if self.request_body == "chunked" and self.request_bytes_left == 0 and await self._read_last_chunk():
