@@ -32,6 +32,13 @@ class Action(StrEnum):
 ALL_ACTIONS = frozenset(Action)
 PRINCIPAL_ANONYMOUS = "anonymous"
 PRINCIPAL_AUTHENTICATED = "authenticated"
+_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+def valid_user_name(name: str) -> bool:
+    """A user (or group) name: letters, digits and . _ @ + -, not a principal's keyword (a user called
+    "anonymous" would make the rules and the audit log ambiguous)."""
+    return bool(_USER.fullmatch(name)) and name not in (PRINCIPAL_ANONYMOUS, PRINCIPAL_AUTHENTICATED)
 
 
 @dataclass(frozen=True, slots=True)

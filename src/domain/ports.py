@@ -9,7 +9,7 @@ feeds imports. Every adapter of a port passes the same contract suite
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
@@ -284,17 +284,23 @@ class Passwords(ABC):
     @abstractmethod
     async def exists(self, user: str) -> bool: ...
 
+    @abstractmethod
+    async def version(self, user: str) -> str | None:
+        """An opaque value that changes when the user's password does (None: no such user). Refresh
+        tokens carry it, so a new password ends the sessions of the old one."""
+
 
 class LoginThrottle(ABC):
-    """Failed logins per key (a user and an address). Per process in memory today;
+    """Failed logins per key (a user and an address; an address), each key with its own burst. Per
+    process in memory today;
     shared through a database or Redis when replicas share the traffic."""
 
     @abstractmethod
-    def retry_after(self, keys: tuple[str, ...]) -> float:
-        """Seconds before one of `keys` may try again; 0 when none is held back."""
+    def retry_after(self, keys: Mapping[str, int]) -> float:
+        """Seconds before one of `keys` (key -> its burst) may try again; 0 when none is held back."""
 
     @abstractmethod
-    def failed(self, keys: tuple[str, ...]) -> None: ...
+    def failed(self, keys: Mapping[str, int]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,11 +324,12 @@ class TokenIssuer(ABC):
     def issue(self, subject: str | None, access: list[Scope]) -> IssuedToken: ...
 
     @abstractmethod
-    def issue_refresh(self, subject: str) -> str: ...
+    def issue_refresh(self, subject: str, version: str) -> str: ...
 
     @abstractmethod
-    def refresh_subject(self, token: str) -> str | None:
-        """The user a refresh token was issued to, or None if it is not one of ours, valid and unexpired."""
+    def refresh_subject(self, token: str) -> tuple[str, str] | None:
+        """The user a refresh token was issued to and the password version it was issued under, or
+        None if it is not one of ours, valid and unexpired."""
 
 
 class TokenVerifier(ABC):

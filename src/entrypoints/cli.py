@@ -237,11 +237,15 @@ def _read_password(name: str) -> str:
         first = sys.stdin.readline().rstrip("\r\n")
     if len(first) < 8:
         sys.exit("myregistry users add: use a password of at least 8 characters; nothing changed")
+    if len(first.encode("utf-8")) > 72:
+        sys.exit("myregistry users add: bcrypt uses at most 72 bytes of a password; use a shorter one "
+                 "(nothing changed)")
     return first
 
 
 def users(args: argparse.Namespace) -> None:
-    from adapters.auth.htpasswd import hash_password, read_users, valid_user_name, write_users
+    from adapters.auth.htpasswd import hash_password, read_users, write_users
+    from domain.access import valid_user_name
 
     path = _htpasswd_path(args)
     try:

@@ -146,9 +146,8 @@ class Container(containers.DeclarativeContainer):
 
     access_rules = providers.Singleton(_rules, config.auth, config.auth_rules)
     passwords = providers.Singleton(_passwords, config.auth_htpasswd)
-    login_throttle = providers.Singleton(MemoryLoginThrottle, config.auth_login_burst,
-                                         config.auth_login_refill_seconds)
-    login = providers.Singleton(Login, passwords, login_throttle, access_rules)
+    login_throttle = providers.Singleton(MemoryLoginThrottle, config.auth_login_refill_seconds)
+    login = providers.Singleton(Login, passwords, login_throttle, access_rules, config.auth_login_burst)
     key_ring = providers.Singleton(_key_ring, config.auth, config.auth_token_public_keys, config.storage,
                                    config.storage_root, config.auth_token_signing_key, config.auth_token_ttl)
     tokens = providers.Singleton(_tokens, config.auth, config.auth_token_public_keys, key_ring,

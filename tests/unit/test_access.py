@@ -104,13 +104,13 @@ def test_grants_are_what_was_asked_and_allowed() -> None:
 
 def test_throttle_holds_back_after_a_burst_and_refills() -> None:
     now = [0.0]
-    throttle = MemoryLoginThrottle(burst=3, refill=10, clock=lambda: now[0])
-    key = ("alice\0" "10.0.0.1",)
+    throttle = MemoryLoginThrottle(refill=10, clock=lambda: now[0])
+    key = {"alice\0" "10.0.0.1": 3}
     for _ in range(3):
         assert throttle.retry_after(key) == 0
         throttle.failed(key)
     assert throttle.retry_after(key) == pytest.approx(10)
-    assert throttle.retry_after(("bob\0" "10.0.0.1",)) == 0
+    assert throttle.retry_after({"bob\0" "10.0.0.1": 3}) == 0
     now[0] = 10.0
     assert throttle.retry_after(key) == 0
 
@@ -123,7 +123,7 @@ def users(tmp_path):
 
 
 def test_login_counts_failures_and_then_refuses_even_the_right_password(users) -> None:
-    login = Login(HtpasswdPasswords(users), MemoryLoginThrottle(burst=2, refill=60), lambda: RULES)
+    login = Login(HtpasswdPasswords(users), MemoryLoginThrottle(refill=60), lambda: RULES, burst=2)
 
     async def run() -> None:
         assert (await login("alice", "right-password", "1.2.3.4")).name == "alice"
@@ -168,8 +168,8 @@ def test_tokens_round_trip_and_refuse_what_they_should(users) -> None:
     real = JwtTokens("me", "svc", 300, 3600, ring=ring)
     verified = real.verify(real.issue("alice", []).token)
     assert verified.subject == "alice" and verified.ours
-    refresh = real.issue_refresh("alice")
-    assert real.refresh_subject(refresh) == "alice"
+    refresh = real.issue_refresh("alice", "v1")
+    assert real.refresh_subject(refresh) == ("alice", "v1")
     assert real.refresh_subject(real.issue("alice", []).token) is None
     with pytest.raises(Unauthorized, match="refresh token"):
         real.verify(refresh)
@@ -184,7 +184,7 @@ def test_issue_token_grants_by_the_rules(users) -> None:
     rules = lambda: RULES  # noqa: E731
     passwords = HtpasswdPasswords(users)
     issuer = JwtTokens("me", "svc", 300, 3600, ring=KeyRing(None, 300))
-    issue = IssueToken(Login(passwords, MemoryLoginThrottle(5, 10), rules), passwords, issuer, rules)
+    issue = IssueToken(Login(passwords, MemoryLoginThrottle(10), rules, 5), passwords, issuer, rules)
 
     async def run() -> None:
         token = await issue.with_password("alice", "right-password", "-",

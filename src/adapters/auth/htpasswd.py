@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import os
@@ -12,19 +13,17 @@ import tempfile
 
 import bcrypt
 
+from domain.access import valid_user_name
 from domain.ports import Passwords
 
 from .watched import WatchedFile
 
-_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 _BCRYPT = re.compile(rb"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
-# Checked against when the user does not exist, so an unknown user takes as long as a wrong password.
+# Checked against when the user does not exist and the file has no user (see _stand_in).
 _DUMMY = bcrypt.hashpw(b"not a password", bcrypt.gensalt(10))
 _CACHE_LIMIT = 10_000
-
-
-def valid_user_name(name: str) -> bool:
-    return bool(_USER.fullmatch(name))
+# bcrypt reads the first 72 bytes of a password (htpasswd -B, bcrypt before 5.0); bcrypt 5 raises past them.
+_BCRYPT_MAX_BYTES = 72
 
 
 def parse_htpasswd(data: bytes, path: str) -> dict[str, bytes]:
@@ -55,15 +54,32 @@ class HtpasswdPasswords(Passwords):
         self.file = WatchedFile(path, parse_htpasswd, "htpasswd file", interval)
         self._key = secrets.token_bytes(32)
         self._known: set[bytes] = set()
+        self._stand_in_for: dict[str, bytes] | None = None
+        self._stand_in_hash = _DUMMY
 
     def _cache_key(self, user: str, password: str, hashed: bytes) -> bytes:
         return hmac.new(self._key, b"\0".join((user.encode(), password.encode(), hashed)), hashlib.sha256).digest()
 
+    def _stand_in(self, users: dict[str, bytes]) -> bytes:
+        """What an unknown user's password is checked against: a hash of the file, of the cost most of
+        its hashes have, so an unknown name takes as long as a wrong password (a fixed dummy of another
+        cost told the names apart). The answer is False whatever the check says."""
+        if self._stand_in_for is not users:
+            costs = collections.Counter(h[4:6] for h in users.values())
+            if costs:
+                cost = costs.most_common(1)[0][0]
+                self._stand_in_hash = next(h for h in users.values() if h[4:6] == cost)
+            else:
+                self._stand_in_hash = _DUMMY
+            self._stand_in_for = users
+        return self._stand_in_hash
+
     async def check(self, user: str, password: str) -> bool:
-        hashed = self.file.get().get(user)
-        secret = password.encode("utf-8", "surrogateescape")
+        users = self.file.get()
+        hashed = users.get(user)
+        secret = password.encode("utf-8", "surrogateescape")[:_BCRYPT_MAX_BYTES]
         if hashed is None:
-            await asyncio.to_thread(bcrypt.checkpw, secret, _DUMMY)
+            await asyncio.to_thread(bcrypt.checkpw, secret, self._stand_in(users))
             return False
         key = self._cache_key(user, password, hashed)
         if key in self._known:
@@ -77,6 +93,11 @@ class HtpasswdPasswords(Passwords):
 
     async def exists(self, user: str) -> bool:
         return user in self.file.get()
+
+    async def version(self, user: str) -> str | None:
+        hashed = self.file.get().get(user)
+        # A digest of the stored hash: it changes with the password and tells nothing about it.
+        return None if hashed is None else hashlib.sha256(hashed).hexdigest()[:32]
 
 
 # The file's upkeep, for `myregistry users`.

@@ -7,9 +7,15 @@ import tomllib
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from domain.access import PRINCIPAL_ANONYMOUS, PRINCIPAL_AUTHENTICATED, AccessRules, Action, Rule, RulesInvalid
-
-from .htpasswd import valid_user_name
+from domain.access import (
+    PRINCIPAL_ANONYMOUS,
+    PRINCIPAL_AUTHENTICATED,
+    AccessRules,
+    Action,
+    Rule,
+    RulesInvalid,
+    valid_user_name,
+)
 
 EXAMPLE = """\
 # Access rules for My Registry (REGISTRY_AUTH_RULES). Re-read when the file changes.

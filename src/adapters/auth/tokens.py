@@ -236,7 +236,8 @@ class JwtTokens(TokenIssuer, TokenVerifier):
                  external_keys: list[VerificationKey] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.issuer, self.service, self.ttl, self.refresh_ttl = issuer, service, int(ttl), int(refresh_ttl)
         self.ring, self.external_keys, self.clock = ring, external_keys, clock
-        self._cache: dict[str, VerifiedToken] = {}
+        # Verified tokens by the SHA-256 of their text: 32 bytes a key, however large the token.
+        self._cache: dict[bytes, VerifiedToken] = {}
 
     # issuing
     def _sign(self, claims: dict[str, Any]) -> str:
@@ -254,25 +255,28 @@ class JwtTokens(TokenIssuer, TokenVerifier):
         claims["access"] = [s.claim() for s in access]
         return IssuedToken(self._sign(claims), claims["iat"], self.ttl)
 
-    def issue_refresh(self, subject: str) -> str:
+    def issue_refresh(self, subject: str, version: str) -> str:
         claims = self._claims(subject, self.refresh_ttl)
-        claims[_REFRESH_CLAIM] = True
+        claims[_REFRESH_CLAIM] = version
         return self._sign(claims)
 
-    def refresh_subject(self, token: str) -> str | None:
+    def refresh_subject(self, token: str) -> tuple[str, str] | None:
         try:
             claims = self._decode(token)
         except Unauthorized:
             return None
-        if claims.get(_REFRESH_CLAIM) is not True or not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        version, subject = claims.get(_REFRESH_CLAIM), claims.get("sub")
+        if not isinstance(version, str) or not version or not isinstance(subject, str) or not subject:
             return None
-        return claims["sub"]
+        return subject, version
 
     # verifying
     def _keys(self) -> list[VerificationKey]:
         return self.external_keys if self.external_keys is not None else self.ring.verification_keys()
 
     def _decode(self, token: str) -> dict[str, Any]:
+        if not token.isascii():  # a header byte over 0x7f arrives as a lone surrogate: PyJWT raises on it
+            raise Unauthorized("the bearer token is not a JWT")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -308,12 +312,13 @@ class JwtTokens(TokenIssuer, TokenVerifier):
         raise error or Unauthorized("the bearer token does not verify")
 
     def verify(self, token: str) -> VerifiedToken:
-        found = self._cache.get(token)
+        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        found = self._cache.get(key)
         now = self.clock()
         if found is not None:
             if now < found.expires_at + LEEWAY:
                 return found
-            del self._cache[token]
+            del self._cache[key]
         claims = self._decode(token)
         if claims.get(_REFRESH_CLAIM):
             raise Unauthorized("a refresh token is not an access token; exchange it at the token endpoint")
@@ -322,7 +327,7 @@ class JwtTokens(TokenIssuer, TokenVerifier):
         verified = VerifiedToken(subject, access, float(claims["exp"]), ours=self.external_keys is None)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        self._cache[token] = verified
+        self._cache[key] = verified
         return verified
 
 

@@ -13,7 +13,8 @@ log = logging.getLogger("myregistry")
 
 class WatchedFile(Generic[T]):
     """A configuration file parsed once, and again when it changes (checked at most every `interval`
-    seconds, by its size, inode and modification time: an edit in place or a replace by rename).
+    seconds, by its inode, size and modification and change times: an edit in place, a replace by rename,
+    or a copy that put an older modification time back, which the change time still shows).
     A change that does not parse is logged and the last good contents stay in force; at start an error
     is raised, so a broken file stops the registry with the reason."""
 
@@ -24,12 +25,12 @@ class WatchedFile(Generic[T]):
         self._stamp = self._stat()
         self.value = self._load()
 
-    def _stat(self) -> tuple[int, int, int] | None:
+    def _stat(self) -> tuple[int, int, int, int] | None:
         try:
             st = os.stat(self.path)
         except OSError:
             return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def _load(self) -> T:
         try:

@@ -29,20 +29,23 @@ class IssueToken:
     async def with_password(self, user: str, password: str, address: str, scopes: list[Scope],
                             offline: bool = False) -> IssuedToken:
         who = await self.login(user, password, address)
-        return self._issue(who, scopes, offline)
+        version = await self.passwords.version(user) if offline else None
+        return self._issue(who, scopes, offline, version)
 
     async def with_refresh_token(self, refresh_token: str, scopes: list[Scope]) -> IssuedToken:
-        user = self.issuer.refresh_subject(refresh_token)
-        if user is None or not await self.passwords.exists(user):
-            raise Unauthorized("the refresh token is invalid, expired, or its user was removed; log in again")
-        return self._issue(self.rules().identity(user), scopes, offline=False)
+        found = self.issuer.refresh_subject(refresh_token)
+        if found is None or await self.passwords.version(found[0]) != found[1]:
+            raise Unauthorized("the refresh token is invalid or expired, or its user was removed or has a new "
+                               "password; log in again")
+        return self._issue(self.rules().identity(found[0]), scopes, offline=False, version=None)
 
     def anonymous(self, scopes: list[Scope]) -> IssuedToken:
-        return self._issue(self.rules().identity(None), scopes, offline=False)
+        return self._issue(self.rules().identity(None), scopes, offline=False, version=None)
 
-    def _issue(self, who: Identity, scopes: list[Scope], offline: bool) -> IssuedToken:
+    def _issue(self, who: Identity, scopes: list[Scope], offline: bool, version: str | None) -> IssuedToken:
         access = grant(self.rules(), who, scopes, _valid_repository)
         token = self.issuer.issue(who.name, access)
-        if offline and who.name is not None:
-            token = IssuedToken(token.token, token.issued_at, token.expires_in, self.issuer.issue_refresh(who.name))
+        if offline and who.name is not None and version is not None:
+            refresh = self.issuer.issue_refresh(who.name, version)
+            token = IssuedToken(token.token, token.issued_at, token.expires_in, refresh)
         return token

@@ -19,7 +19,7 @@ from enum import Enum
 
 from sanic import HTTPResponse, Request, Sanic
 
-from domain.access import ADMIN_SCOPE, CATALOG_SCOPE, AccessRules, Action, Identity
+from domain.access import ADMIN_SCOPE, CATALOG_SCOPE, AccessRules, Action, Identity, valid_user_name
 from domain.errors import NameInvalid, TooManyAttempts, Unauthorized
 from domain.names import RepositoryName
 from domain.ports import VerifiedToken
@@ -174,11 +174,21 @@ _SAFE_HOST = re.compile(r"[A-Za-z0-9.\-]+(?::\d{1,5})?|\[[0-9A-Fa-f:.]+\](?::\d{
 def _realm(access: Access, request: Request) -> str:
     if access.realm:
         return access.realm
-    host = request.host if _SAFE_HOST.fullmatch(request.host or "") else f"127.0.0.1:{request.server_port}"
+    host = request.host
+    if not _SAFE_HOST.fullmatch(host or ""):
+        # No usable name in the Host header: the address the client reached. (request.server_port
+        # reads the Host header too, and answered 80 for any Host without a port.)
+        conn = request.conn_info
+        host = conn.server if conn is not None and conn.server_port else "127.0.0.1"
     return f"{request.scheme}://{host}/auth/token"
 
 
-def _challenge(access: Access, request: Request, need: Need, repo: str | None, error: str | None) -> str:
+# RFC 6750 3: an error_description holds printable ASCII but '"' and '\\'.
+_NOT_IN_DESCRIPTION = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
+def _challenge(access: Access, request: Request, need: Need, repo: str | None, error: str | None,
+               description: str | None = None) -> str:
     if access.mode == "htpasswd":
         return f'Basic realm="{access.service}", charset="UTF-8"'
     parts = [f'realm="{_realm(access, request)}"', f'service="{access.service}"']
@@ -190,6 +200,8 @@ def _challenge(access: Access, request: Request, need: Need, repo: str | None, e
         parts.append('scope="registry:admin:*"')
     if error:
         parts.append(f'error="{error}"')
+        if description:  # docker and containers/image print it rather than a generic "access denied"
+            parts.append(f'error_description="{_NOT_IN_DESCRIPTION.sub(chr(39), description)}"')
     return "Bearer " + ",".join(parts)
 
 
@@ -206,7 +218,7 @@ def _detail(need: Need, repo: str | None) -> list[dict[str, str]]:
 def _unauthorized(access: Access, request: Request, need: Need, repo: str | None, message: str,
                   error: str | None = None) -> HTTPResponse:
     return error_response(401, "UNAUTHORIZED", message, _detail(need, repo),
-                          {"WWW-Authenticate": _challenge(access, request, need, repo, error)})
+                          {"WWW-Authenticate": _challenge(access, request, need, repo, error, message)})
 
 
 def _credentials(request: Request) -> tuple[str, str] | None:
@@ -238,12 +250,15 @@ async def _identify(access: Access, request: Request) -> Caller:
             pair = decode_basic(value)
             if pair is None:
                 raise Unauthorized("the Basic credentials are not base64 of user:password")
-            who = await access.login(pair[0], pair[1], request.remote_addr or request.ip or "-")
-            return RulesCaller(who, rules)
+            # skopeo, podman and buildah (containers/image) send "Basic Og==", an empty user and password,
+            # when they have no credentials: that is an anonymous caller, not a failed login.
+            if pair != ("", ""):
+                who = await access.login(pair[0], pair[1], request.remote_addr or request.ip or "-")
+                return RulesCaller(who, rules)
         # Another scheme than the mode's: as if none were given, so the challenge says which to use.
     if access.certificate_user is not None:
         user = access.certificate_user(request)
-        if user is not None:
+        if user is not None and valid_user_name(user):
             return RulesCaller(rules.identity(user), rules)
     if access.mode == "token":
         return TokenCaller(VerifiedToken(None, {}, float("inf"), ours=True), rules, has_token=False)
@@ -289,8 +304,13 @@ async def authorize(request: Request) -> HTTPResponse | None:
     if _allowed(caller, need, repo, request):
         return None
     if access.mode == "token" or caller.user is None:
-        what = "log in" if caller.user is None else "get a token with the scope in the challenge"
-        return _unauthorized(access, request, need, repo, f"authentication required: {what}",
+        if caller.user is None:
+            message = f"authentication required: log in to {_describe(need, repo)}"
+        elif _rules_refuse(caller, need, repo):  # asking again would not help: say so
+            message = f"{caller.user} may not {_describe(need, repo)}"
+        else:
+            message = "authentication required: get a token with the scope in the challenge"
+        return _unauthorized(access, request, need, repo, message,
                              "insufficient_scope" if caller.has_token else None)
     return error_response(403, "DENIED", f"{caller.user} may not {_describe(need, repo)}", _detail(need, repo))
 
@@ -305,6 +325,19 @@ def _allowed(caller: Caller, need: Need, repo: str | None, request: Request) -> 
     if repo is None:
         return True  # an invalid name: the handler answers NAME_INVALID
     return caller.may(repo, Action(need.value))
+
+
+def _rules_refuse(caller: Caller, need: Need, repo: str | None) -> bool:
+    """A token of ours lacks the scope because the rules do not grant it to its user (not because the
+    client did not ask for it)."""
+    if not isinstance(caller, TokenCaller) or not caller.token.ours or caller.rules is None:
+        return False
+    who = caller.rules.identity(caller.user)
+    if caller.rules.is_admin(who):
+        return False
+    if need is Need.ADMIN:
+        return True
+    return repo is not None and need in _CHALLENGE_ACTIONS and not caller.rules.may(who, repo, Action(need.value))
 
 
 def _describe(need: Need, repo: str | None) -> str:
