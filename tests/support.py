@@ -87,18 +87,23 @@ def start_server(storage_root: str, log_path: str, **env: str) -> Server:
     log = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "serve"], env=environment,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", port, storage_root, process, log_path)
-    deadline = time.monotonic() + 20
+    return wait_until_up(Server(f"http://127.0.0.1:{port}", port, storage_root, process, log_path))
+
+
+def wait_until_up(server: Server, timeout: float = 20, verify: object = True) -> Server:
+    """The server, once /health/live answers 200 (over TLS checked with `verify`); its log in the
+    error if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if server.process.poll() is not None:
             raise RuntimeError(f"registry exited at start:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/health/live", timeout=1).status_code == 200:
+            if httpx.get(f"{server.url}/health/live", timeout=1, verify=verify).status_code == 200:
                 return server
         except httpx.HTTPError:
             time.sleep(0.05)
     server.stop()
-    raise RuntimeError(f"registry did not answer within 20 s:\n{server.log()}")
+    raise RuntimeError(f"registry did not answer within {timeout:.0f} s:\n{server.log()}")
 
 
 def sha256(data: bytes) -> str:

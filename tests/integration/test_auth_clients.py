@@ -31,7 +31,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 
 import httpx
@@ -44,7 +43,17 @@ from tests.integration.test_clients import (
     file_in_layer,
 )
 from tests.integration.test_docker import docker_archive, payload
-from tests.support import IN_CI, REPO_ROOT, Server, free_port, make_image, require_tool, sha256, write_layout
+from tests.support import (
+    IN_CI,
+    REPO_ROOT,
+    Server,
+    free_port,
+    make_image,
+    require_tool,
+    sha256,
+    wait_until_up,
+    write_layout,
+)
 
 pytestmark = pytest.mark.clients
 
@@ -144,18 +153,7 @@ def start_tls_server(base, address: str, pki: Pki, **env: str) -> Server:
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"https://{address}:{port}", port, str(base / "data"), process, log_path)
     server.host = f"{address}:{port}"
-    trust = ssl.create_default_context(cafile=pki.ca)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"registry exited at start:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/health/live", verify=trust, timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"registry did not answer over TLS within 30 s:\n{server.log()}")
+    return wait_until_up(server, 30, ssl.create_default_context(cafile=pki.ca))
 
 
 @pytest.fixture(scope="module", params=["htpasswd", "token"])

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.support import REPO_ROOT, Server, free_port, make_image, push_image, require_tool, sha256
+from tests.support import REPO_ROOT, Server, free_port, make_image, push_image, require_tool, sha256, wait_until_up
 
 # `myregistry serve` with one extra route answering client_certificate_user(request) for the connection,
 # and whether the connection had it cached before (the auth middleware will call it on every request).
@@ -119,18 +119,7 @@ def start_tls_server(tmp_path, pki: Pki, workers: int = 1, whoami: bool = False,
         process = subprocess.Popen(argv, env={**server_env(tmp_path, pki, workers, **env), "PORT": str(port)},
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"https://127.0.0.1:{port}", port, str(tmp_path / "data"), process, log_path)
-    context = pki.client_context()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"registry exited at start:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/health/live", verify=context, timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"registry did not answer within 20 s:\n{server.log()}")
+    return wait_until_up(server, 20, pki.client_context())
 
 
 def stop(server: Server) -> None:
