@@ -302,6 +302,10 @@ class LoginThrottle(ABC):
     @abstractmethod
     def failed(self, keys: Mapping[str, int]) -> None: ...
 
+    @abstractmethod
+    def refund(self, keys: Mapping[str, int]) -> None:
+        """Give back what `failed` took: the attempt it counted succeeded."""
+
 
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
@@ -309,6 +313,7 @@ class IssuedToken:
     issued_at: float
     expires_in: int
     refresh_token: str | None = None
+    subject: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,7 +98,12 @@ def _prepare_access(settings: Settings) -> tuple[int, str]:
     else:
         how = "HTTP Basic"
     certs = f"; client certificates signed by {settings.tls_client_ca}" if settings.tls_client_ca else ""
-    return logging.INFO, f"access control: {how}; {users}; {rules}{certs}"
+    line = f"access control: {how}; {users}; {rules}{certs}"
+    if not settings.tls_cert and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        return logging.WARNING, (line + f". Without TLS, passwords and tokens cross the network in clear text to "
+                                 f"{settings.host}:{settings.port}: set REGISTRY_TLS_CERT and REGISTRY_TLS_KEY, or "
+                                 "put a TLS proxy in front and bind REGISTRY_HOST=127.0.0.1.")
+    return logging.INFO, line
 
 
 def _app(settings: Settings):
@@ -254,6 +259,9 @@ def users(args: argparse.Namespace) -> None:
             for name in sorted(known):
                 print(name)
             return
+        if args.name in ("anonymous", "authenticated"):
+            sys.exit(f"myregistry users {args.action}: {args.name!r} is reserved (the rules use it for "
+                     "everyone / every logged-in user); choose another name")
         if not args.name or not valid_user_name(args.name):
             sys.exit(f"myregistry users {args.action}: give a user name of letters, digits and . _ @ + - "
                      "(starting with a letter or digit)")

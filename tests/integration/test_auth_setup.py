@@ -165,3 +165,25 @@ def test_rotating_the_signing_key_keeps_tokens_in_use_valid(tmp_path):
                 assert r.status_code == 200, r.text
     finally:
         server.stop()
+
+
+def test_the_log_says_who_got_tokens_and_who_failed_to_log_in(tmp_path):
+    htpasswd = str(tmp_path / "htpasswd")
+    assert cli("users", "add", "bob", "--file", htpasswd, "--rounds", "4", stdin="bobs-password\n").returncode == 0
+    server = start_server(str(tmp_path / "data"), str(tmp_path / "log"), REGISTRY_AUTH="token",
+                          REGISTRY_AUTH_HTPASSWD=htpasswd, REGISTRY_AUTH_LOGIN_BURST="3", REGISTRY_WORKERS="1")
+    try:
+        url = f"{server.url}/auth/token"
+        assert httpx.get(url, params={"service": "myregistry"}, headers=basic("bob", "bobs-password")).status_code == 200
+        assert httpx.post(url, data={"grant_type": "password", "username": "bob",
+                                     "password": "bobs-password"}).status_code == 200
+        statuses = [httpx.get(url, headers=basic("bob", f"guess-{i}")).status_code for i in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+    finally:
+        server.stop()
+    lines = [r for r in _access_lines(server) if r["path"] == "/auth/token"]
+    assert [(r["status"], r.get("user"), r.get("login_failed")) for r in lines] == [
+        (200, "bob", None), (200, "bob", None)] + [(401, None, "bob")] * 3 + [(429, None, "bob")] * 2
+    warnings = [line for line in server.log().splitlines() if '"level":"WARNING"' in line]
+    assert len(warnings) == 1 and "'bob'" in warnings[0] and "127.0.0.1" in warnings[0]
+    assert "guess-" not in server.log()

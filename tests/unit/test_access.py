@@ -223,3 +223,29 @@ def test_a_rotated_key_verifies_for_one_token_lifetime_then_goes(tmp_path) -> No
     assert {k.kid for k in ring.verification_keys()} == {second}
     ring.rotate()
     assert len(os.listdir(tmp_path / "keys")) == 2  # the first key's file is gone
+
+
+def test_parallel_guesses_are_held_back_like_sequential_ones(users) -> None:
+    """Each guess counts from the moment its check starts: 30 guesses sent at once get at most `burst`
+    checks, the rest 429. (Counted after the check, all 30 were checked, and the right one got in.)
+    The same credentials on 10 parallel requests share one check and one attempt."""
+    throttle = MemoryLoginThrottle(refill=600)
+    login = Login(HtpasswdPasswords(users), throttle, lambda: RULES, burst=3)
+
+    async def attempt(password: str) -> str:
+        try:
+            await login("alice", password, "10.0.0.9")
+            return "ok"
+        except TooManyAttempts:
+            return "429"
+        except Unauthorized:
+            return "401"
+
+    async def run() -> None:
+        same = await asyncio.gather(*(attempt("right-password") for _ in range(10)))
+        assert same == ["ok"] * 10
+        assert throttle._buckets == {}  # everything given back: the account's budget is whole
+        guesses = await asyncio.gather(*(attempt(f"guess-{i}") for i in range(29)), attempt("right-password"))
+        assert guesses.count("401") <= 3 and guesses.count("429") >= 26, guesses
+        assert "ok" not in guesses[:3] or guesses.count("401") < 3
+    asyncio.run(run())

@@ -37,6 +37,17 @@ class MemoryLoginThrottle(LoginThrottle):
                 wait = max(wait, (1 - tokens) * self.refill)
         return wait
 
+    def refund(self, keys: Mapping[str, int]) -> None:
+        now = self.clock()
+        for key, burst in keys.items():
+            digest = self._digest(key)
+            if digest in self._buckets:
+                tokens = self._tokens(digest, burst, now) + 1
+                if tokens >= burst:
+                    del self._buckets[digest]  # full again: nothing to remember
+                else:
+                    self._buckets[digest] = (tokens, now)
+
     def failed(self, keys: Mapping[str, int]) -> None:
         now = self.clock()
         if len(self._buckets) >= _LIMIT:  # forget the oldest half (all refilled long ago, most likely)

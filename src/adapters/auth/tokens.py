@@ -253,7 +253,7 @@ class JwtTokens(TokenIssuer, TokenVerifier):
     def issue(self, subject: str | None, access: list[Scope]) -> IssuedToken:
         claims = self._claims(subject, self.ttl)
         claims["access"] = [s.claim() for s in access]
-        return IssuedToken(self._sign(claims), claims["iat"], self.ttl)
+        return IssuedToken(self._sign(claims), claims["iat"], self.ttl, subject=subject)
 
     def issue_refresh(self, subject: str, version: str) -> str:
         claims = self._claims(subject, self.refresh_ttl)

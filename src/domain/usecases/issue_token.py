@@ -47,5 +47,5 @@ class IssueToken:
         token = self.issuer.issue(who.name, access)
         if offline and who.name is not None and version is not None:
             refresh = self.issuer.issue_refresh(who.name, version)
-            token = IssuedToken(token.token, token.issued_at, token.expires_in, refresh)
+            token = IssuedToken(token.token, token.issued_at, token.expires_in, refresh, token.subject)
         return token

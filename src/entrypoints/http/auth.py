@@ -253,7 +253,9 @@ async def _identify(access: Access, request: Request) -> Caller:
             # skopeo, podman and buildah (containers/image) send "Basic Og==", an empty user and password,
             # when they have no credentials: that is an anonymous caller, not a failed login.
             if pair != ("", ""):
+                request.ctx.login_failed = pair[0]  # until the login succeeds
                 who = await access.login(pair[0], pair[1], request.remote_addr or request.ip or "-")
+                request.ctx.login_failed = None
                 return RulesCaller(who, rules)
         # Another scheme than the mode's: as if none were given, so the challenge says which to use.
     if access.certificate_user is not None:

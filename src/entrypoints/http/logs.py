@@ -91,6 +91,9 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
             "message": "request", "method": request.method, "path": request.path, "status": status,
             "bytes": nbytes, "duration_ms": round(elapsed * 1000, 3),
             "remote": request.remote_addr or request.ip, "user": getattr(request.ctx, "user", None)}
+    failed = getattr(request.ctx, "login_failed", None)
+    if failed is not None:  # the name a refused login gave (an audit trail of guessing)
+        line["login_failed"] = failed[:128]
     if request.query_string:  # a mount, a one-request upload and a plain POST differ only here
         line["query"] = request.query_string[:512]
     data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)

@@ -62,6 +62,13 @@ def _refused(err: Exception) -> HTTPResponse:
                           {"WWW-Authenticate": access_realm})
 
 
+def _logged(request: Request, token: IssuedToken) -> IssuedToken:
+    """The access log line of a token request names who got the token."""
+    request.ctx.login_failed = None
+    request.ctx.user = token.subject
+    return token
+
+
 def _address(request: Request) -> str:
     return request.remote_addr or request.ip or "-"
 
@@ -77,7 +84,7 @@ async def get_token(request: Request) -> HTTPResponse:
     scheme, _, value = header.strip().partition(" ")
     try:
         if not header:
-            return _answer(issue.anonymous(scopes), oauth=False)
+            return _answer(_logged(request, issue.anonymous(scopes)), oauth=False)
         pair = decode_basic(value.strip()) if scheme.lower() == "basic" else None
         if pair is None:
             raise Unauthorized("send Basic credentials (user:password), or none for an anonymous token")
@@ -85,10 +92,11 @@ async def get_token(request: Request) -> HTTPResponse:
         if account and account != pair[0]:
             raise Unauthorized("the account parameter names another user than the credentials")
         offline = request.args.get("offline_token", "").lower() == "true"
+        request.ctx.login_failed = pair[0]  # until the login succeeds
         token = await issue.with_password(pair[0], pair[1], _address(request), scopes, offline)
     except (Unauthorized, TooManyAttempts) as err:
         return _refused(err)
-    return _answer(token, oauth=False)
+    return _answer(_logged(request, token), oauth=False)
 
 
 @bp.route("/auth/token", methods=["POST"])
@@ -112,6 +120,7 @@ async def post_token(request: Request) -> HTTPResponse:
     grant_type = one("grant_type")
     try:
         if grant_type == "password":
+            request.ctx.login_failed = one("username")  # until the login succeeds
             token = await issue.with_password(one("username"), one("password"), _address(request), scopes,
                                               offline=one("access_type") == "offline")
         elif grant_type == "refresh_token":
@@ -121,4 +130,4 @@ async def post_token(request: Request) -> HTTPResponse:
                                                       "password or refresh_token")
     except (Unauthorized, TooManyAttempts) as err:
         return _refused(err)
-    return _answer(token, oauth=True, scope=scope_text)
+    return _answer(_logged(request, token), oauth=True, scope=scope_text)
