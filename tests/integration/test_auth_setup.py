@@ -174,7 +174,8 @@ def test_the_log_says_who_got_tokens_and_who_failed_to_log_in(tmp_path):
                           REGISTRY_AUTH_HTPASSWD=htpasswd, REGISTRY_AUTH_LOGIN_BURST="3", REGISTRY_WORKERS="1")
     try:
         url = f"{server.url}/auth/token"
-        assert httpx.get(url, params={"service": "myregistry"}, headers=basic("bob", "bobs-password")).status_code == 200
+        got = httpx.get(url, params={"service": "myregistry"}, headers=basic("bob", "bobs-password"))
+        assert got.status_code == 200
         assert httpx.post(url, data={"grant_type": "password", "username": "bob",
                                      "password": "bobs-password"}).status_code == 200
         statuses = [httpx.get(url, headers=basic("bob", f"guess-{i}")).status_code for i in range(5)]
