@@ -284,6 +284,11 @@ class Passwords(ABC):
     @abstractmethod
     async def exists(self, user: str) -> bool: ...
 
+    def remembered(self, user: str, password: str) -> bool:
+        """Whether these exact credentials checked out recently and still stand (no password hash is
+        computed). Clients that send Basic credentials with every request land here."""
+        return False
+
     @abstractmethod
     async def version(self, user: str) -> str | None:
         """An opaque value that changes when the user's password does (None: no such user). Refresh

@@ -16,15 +16,17 @@ class MemoryLoginThrottle(LoginThrottle):
 
     def __init__(self, refill: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.refill, self.clock = refill, clock
-        self._buckets: dict[bytes, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._buckets: dict[str | bytes, tuple[float, float]] = {}  # key -> (tokens, at)
 
     @staticmethod
-    def _digest(key: str) -> bytes:
+    def _digest(key: str) -> str | bytes:
         # The key holds a name the client chose (up to a header's size): kept whole, 100,000 of them
-        # would take a gigabyte. A digest takes 32 bytes.
+        # would take a gigabyte. A long one is kept as its digest (32 bytes).
+        if len(key) <= 160:
+            return key
         return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
-    def _tokens(self, key: bytes, burst: int, now: float) -> float:
+    def _tokens(self, key: str | bytes, burst: int, now: float) -> float:
         tokens, at = self._buckets.get(key, (burst, now))
         return min(burst, tokens + (now - at) / self.refill)
 

@@ -33,6 +33,7 @@ from domain.ports import IssuedToken, TokenIssuer, TokenVerifier, VerifiedToken
 
 LEEWAY = 30  # seconds of clock difference allowed between the token server and the registry
 _CACHE_LIMIT = 10_000
+_CACHED_LENGTH = 4096
 _REFRESH_CLAIM = "myregistry_refresh"
 
 
@@ -236,8 +237,9 @@ class JwtTokens(TokenIssuer, TokenVerifier):
                  external_keys: list[VerificationKey] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.issuer, self.service, self.ttl, self.refresh_ttl = issuer, service, int(ttl), int(refresh_ttl)
         self.ring, self.external_keys, self.clock = ring, external_keys, clock
-        # Verified tokens by the SHA-256 of their text: 32 bytes a key, however large the token.
-        self._cache: dict[bytes, VerifiedToken] = {}
+        # Verified tokens by their text, up to _CACHED_LENGTH characters (ours are about 700): at most
+        # 10,000 of them, so a few tens of MB at worst. Longer ones are verified every time.
+        self._cache: dict[str, VerifiedToken] = {}
 
     # issuing
     def _sign(self, claims: dict[str, Any]) -> str:
@@ -312,7 +314,7 @@ class JwtTokens(TokenIssuer, TokenVerifier):
         raise error or Unauthorized("the bearer token does not verify")
 
     def verify(self, token: str) -> VerifiedToken:
-        key = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        key = token
         found = self._cache.get(key)
         now = self.clock()
         if found is not None:
@@ -325,9 +327,10 @@ class JwtTokens(TokenIssuer, TokenVerifier):
         access = _access(claims.get("access", []))
         subject = claims.get("sub") if isinstance(claims.get("sub"), str) and claims.get("sub") else None
         verified = VerifiedToken(subject, access, float(claims["exp"]), ours=self.external_keys is None)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = verified
+        if len(token) <= _CACHED_LENGTH:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = verified
         return verified
 
 

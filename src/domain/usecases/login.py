@@ -35,18 +35,29 @@ class Login:
         if not user:
             raise Unauthorized("incorrect user name or password")
         keys = {f"user:{user}\0{address}": self.burst, f"address:{address}": self.burst * self.ADDRESS_FACTOR}
+        wait = self.throttle.retry_after(keys)
+        if wait > 0:
+            raise TooManyAttempts(wait, f"too many failed logins for {user!r} from {address}; "
+                                        f"try again in {int(wait) + 1} s")
+        if self.passwords.remembered(user, password):  # checked before: no guess, nothing to count
+            return self.rules().identity(user)
         attempt = hashlib.sha256("\0".join((user, password, address)).encode("utf-8", "surrogateescape")).digest()
         check = self._in_flight.get(attempt)
         if check is None:
-            wait = self.throttle.retry_after(keys)
-            if wait > 0:
-                raise TooManyAttempts(wait, f"too many failed logins for {user!r} from {address}; "
-                                            f"try again in {int(wait) + 1} s")
             self.throttle.failed(keys)
-            check = asyncio.ensure_future(self.passwords.check(user, password))
-            self._in_flight[attempt] = check
-            check.add_done_callback(lambda _: self._in_flight.pop(attempt, None))
-            ok = await asyncio.shield(check)
+            # Others sending the same attempt meanwhile wait on this future (a plain future: a task per
+            # request would cost more than the remembered check it usually wraps).
+            shared = self._in_flight[attempt] = asyncio.get_running_loop().create_future()
+            try:
+                ok = await self.passwords.check(user, password)
+            except BaseException as err:
+                shared.set_exception(err)
+                shared.exception()  # retrieved: nobody may be waiting
+                raise
+            else:
+                shared.set_result(ok)
+            finally:
+                del self._in_flight[attempt]
             if ok:
                 self.throttle.refund(keys)
             elif self.throttle.retry_after(keys) > 0:

@@ -64,6 +64,8 @@ NEEDS: dict[str, Need] = {
     "manifests.delete_manifest": Need.DELETE,
 }
 
+_ACTIONS = {Need.PULL: Action.PULL, Need.PUSH: Action.PUSH, Need.DELETE: Action.DELETE}
+
 # The scope a client is told to ask for: a push asks pull too (a client checks what exists first).
 _CHALLENGE_ACTIONS = {Need.PULL: "pull", Need.PUSH: "pull,push", Need.DELETE: "delete"}
 
@@ -124,8 +126,13 @@ class RulesCaller(Caller):
 class TokenCaller(Caller):
     """A bearer token: it may exactly what its `access` claim lists."""
 
-    def __init__(self, token: VerifiedToken, rules: AccessRules | None, has_token: bool = True) -> None:
-        self.token, self.rules, self.user, self.has_token = token, rules, token.subject, has_token
+    def __init__(self, token: VerifiedToken, rules: Callable[[], AccessRules] | None, has_token: bool = True) -> None:
+        self.token, self._rules, self.user, self.has_token = token, rules, token.subject, has_token
+
+    @property
+    def rules(self) -> AccessRules | None:
+        """The rules, read only where a decision needs them (the catalog, a refusal's message)."""
+        return self._rules() if self._rules is not None else None
 
     def _allows(self, key: tuple[str, str], action: str) -> bool:
         actions = self.token.access.get(key)
@@ -144,10 +151,11 @@ class TokenCaller(Caller):
     def catalog_filter(self) -> Callable[[str], bool] | None:
         # Our own tokens name one of our users: list what the rules let them pull. An outside token
         # server granted the catalog scope knowing its users; it sees the whole catalog.
-        if self.admin or not self.token.ours or self.rules is None:
+        rules = self.rules
+        if self.admin or not self.token.ours or rules is None:
             return None
-        who = self.rules.identity(self.user)
-        return lambda repo: self.rules.may(who, repo, Action.PULL)
+        who = rules.identity(self.user)
+        return lambda repo: rules.may(who, repo, Action.PULL)
 
     def mount_filter(self) -> Callable[[RepositoryName], bool] | None:
         if self.admin:
@@ -240,12 +248,13 @@ def decode_basic(value: str) -> tuple[str, str] | None:
 
 async def _identify(access: Access, request: Request) -> Caller:
     """The caller, or Unauthorized when credentials are given and wrong."""
-    rules = access.rules()
     given = _credentials(request)
     if given is not None:
         scheme, value = given
         if scheme == "bearer" and access.tokens is not None:
-            return TokenCaller(access.tokens.verify(value), rules)
+            return TokenCaller(access.tokens.verify(value), access.rules)
+    rules = access.rules()
+    if given is not None:
         if scheme == "basic" and access.login is not None:
             pair = decode_basic(value)
             if pair is None:
@@ -254,7 +263,7 @@ async def _identify(access: Access, request: Request) -> Caller:
             # when they have no credentials: that is an anonymous caller, not a failed login.
             if pair != ("", ""):
                 request.ctx.login_failed = pair[0]  # until the login succeeds
-                who = await access.login(pair[0], pair[1], request.remote_addr or request.ip or "-")
+                who = await access.login(pair[0], pair[1], client_address(request))
                 request.ctx.login_failed = None
                 return RulesCaller(who, rules)
         # Another scheme than the mode's: as if none were given, so the challenge says which to use.
@@ -263,15 +272,22 @@ async def _identify(access: Access, request: Request) -> Caller:
         if user is not None and valid_user_name(user):
             return RulesCaller(rules.identity(user), rules)
     if access.mode == "token":
-        return TokenCaller(VerifiedToken(None, {}, float("inf"), ours=True), rules, has_token=False)
+        return TokenCaller(VerifiedToken(None, {}, float("inf"), ours=True), access.rules, has_token=False)
     return RulesCaller(rules.identity(None), rules)
 
 
-def _route_key(request: Request) -> str | None:
+_NEED_OF_ROUTE: dict[str, Need] = {}  # Sanic's route name ("<app>.<blueprint>.<handler>") -> its need
+
+
+def _need(request: Request) -> Need | None:
     route = request.route
     if route is None:
         return None
-    return route.name.split(".", 1)[1] if "." in route.name else route.name
+    need = _NEED_OF_ROUTE.get(route.name)
+    if need is None:
+        key = route.name.split(".", 1)[1] if "." in route.name else route.name
+        need = _NEED_OF_ROUTE[route.name] = NEEDS.get(key, Need.ADMIN)
+    return need
 
 
 def _repository(request: Request) -> str | None:
@@ -285,10 +301,9 @@ def _repository(request: Request) -> str | None:
 
 
 async def authorize(request: Request) -> HTTPResponse | None:
-    key = _route_key(request)
-    if key is None:
+    need = _need(request)
+    if need is None:
         return None  # no such route: Sanic answers 404
-    need = NEEDS.get(key, Need.ADMIN)
     request.ctx.caller = OPEN
     if need is Need.PUBLIC:
         return None
@@ -326,20 +341,21 @@ def _allowed(caller: Caller, need: Need, repo: str | None, request: Request) -> 
         return caller.admin
     if repo is None:
         return True  # an invalid name: the handler answers NAME_INVALID
-    return caller.may(repo, Action(need.value))
+    return caller.may(repo, _ACTIONS[need])
 
 
 def _rules_refuse(caller: Caller, need: Need, repo: str | None) -> bool:
     """A token of ours lacks the scope because the rules do not grant it to its user (not because the
     client did not ask for it)."""
-    if not isinstance(caller, TokenCaller) or not caller.token.ours or caller.rules is None:
+    rules = caller.rules if isinstance(caller, TokenCaller) else None
+    if rules is None or not caller.token.ours:
         return False
-    who = caller.rules.identity(caller.user)
-    if caller.rules.is_admin(who):
+    who = rules.identity(caller.user)
+    if rules.is_admin(who):
         return False
     if need is Need.ADMIN:
         return True
-    return repo is not None and need in _CHALLENGE_ACTIONS and not caller.rules.may(who, repo, Action(need.value))
+    return repo is not None and need in _CHALLENGE_ACTIONS and not rules.may(who, repo, _ACTIONS[need])
 
 
 def _describe(need: Need, repo: str | None) -> str:
@@ -350,6 +366,15 @@ def _describe(need: Need, repo: str | None) -> str:
     if need is Need.LOGIN:
         return "use the registry"
     return f"{need.value} repository {repo}"
+
+
+def client_address(request: Request) -> str:
+    """The client's address: the socket's peer, or what a trusted proxy says when the app is configured
+    to trust one (Sanic's remote_addr parses forwarding headers on every request: asked only then)."""
+    config = request.app.config
+    if config.FORWARDED_SECRET or config.REAL_IP_HEADER or config.PROXIES_COUNT:
+        return request.remote_addr or request.ip or "-"
+    return request.ip or "-"
 
 
 def caller_of(request: Request) -> Caller:

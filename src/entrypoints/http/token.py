@@ -20,7 +20,7 @@ from domain.access import parse_scopes
 from domain.errors import TooManyAttempts, Unauthorized
 from domain.ports import IssuedToken
 
-from .auth import decode_basic
+from .auth import client_address, decode_basic
 from .errors import error_response
 
 bp = Blueprint("token")
@@ -70,7 +70,7 @@ def _logged(request: Request, token: IssuedToken) -> IssuedToken:
 
 
 def _address(request: Request) -> str:
-    return request.remote_addr or request.ip or "-"
+    return client_address(request)
 
 
 @bp.route("/auth/token", methods=["GET"])

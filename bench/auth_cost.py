@@ -1,0 +1,114 @@
+"""What access control costs a small request: server CPU time per manifest HEAD with REGISTRY_AUTH=none,
+htpasswd (Basic credentials on every request, as Docker sends them) and token (a bearer token), one
+worker each, driven by `hey`.
+
+    .venv/bin/python bench/auth_cost.py [--requests N] [--repeat N]
+
+CPU time (user + system of every thread, from /proc/<pid>/task/*/schedstat) divided by the requests is
+steady on a shared machine where throughput is not. The goal (issue 11): token validation under 10% of
+a manifest HEAD. Medians of `--repeat` runs."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, "src"), ROOT]
+
+from tests.support import free_port, make_image, push_image  # noqa: E402
+
+from adapters.auth.htpasswd import hash_password, write_users  # noqa: E402
+
+PASSWORD = "bench-password"
+
+
+def cpu_ns(pid: int) -> int:
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def measure(workdir: str, mode: str, requests: int, repeat: int) -> float:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}, "PORT": str(port),
+           "STORAGE_ROOT": os.path.join(workdir, f"data-{mode}"), "REGISTRY_HOST": "127.0.0.1",
+           "PYTHONPATH": os.path.join(ROOT, "src"), "REGISTRY_WORKERS": "1", "REGISTRY_AUTH": mode,
+           "REGISTRY_AUTH_HTPASSWD": os.path.join(workdir, "htpasswd")}
+    with open(os.path.join(workdir, f"{mode}.log"), "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "serve"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/health/live", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {mode} server did not start; see {workdir}/{mode}.log") from None
+                time.sleep(0.05)
+        headers = {}
+        if mode == "htpasswd":
+            headers["Authorization"] = "Basic " + base64.b64encode(f"bench:{PASSWORD}".encode()).decode()
+        elif mode == "token":
+            r = httpx.get(f"{url}/auth/token", auth=("bench", PASSWORD), timeout=30,
+                          params={"service": "myregistry", "scope": "repository:bench/app:pull,push"})
+            r.raise_for_status()
+            headers["Authorization"] = "Bearer " + r.json()["token"]
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            push_image(client, "bench/app", make_image("auth-cost"), "latest").raise_for_status()
+        argv = ["hey", "-c", "20", "-m", "HEAD", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"]
+        for name, value in headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        target = f"{url}/v2/bench/app/manifests/latest"
+        subprocess.run(argv + ["-n", str(max(1000, requests // 10)), target], capture_output=True, check=True)
+        samples = []
+        for _ in range(repeat):
+            before = cpu_ns(process.pid)
+            out = subprocess.run(argv + ["-n", str(requests), target], capture_output=True, text=True,
+                                 check=True).stdout
+            if f"[200]\t{requests} responses" not in out.replace("  ", "\t").replace("\t\t", "\t"):
+                raise RuntimeError(f"not every HEAD answered 200 ({mode}):\n{out[-600:]}")
+            samples.append((cpu_ns(process.pid) - before) / requests / 1000)
+        return statistics.median(samples)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="myregistry-auth-cost-") as workdir:
+        write_users(os.path.join(workdir, "htpasswd"), {"bench": hash_password(PASSWORD, 12)})
+        cost = {mode: measure(workdir, mode, args.requests, args.repeat) for mode in ("none", "htpasswd", "token")}
+    print("| manifest HEAD, server CPU per request | us | over none |")
+    print("| --- | ---: | ---: |")
+    for mode, us in cost.items():
+        extra = "" if mode == "none" else f"+{(us / cost['none'] - 1) * 100:.1f}%"
+        print(f"| REGISTRY_AUTH={mode} | {us:.1f} | {extra} |")
+    print(json.dumps(cost))
+
+
+if __name__ == "__main__":
+    main()
