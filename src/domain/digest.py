@@ -13,6 +13,12 @@ from .errors import DigestInvalid
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
 # The spec's general grammar; we then accept only registered algorithms.
 _GRAMMAR = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
+# Texts parsed before, and their values: every request names a digest or two (path, link files), and
+# the same few come back again and again. Values are immutable, so sharing one is safe; only valid
+# texts are kept, and the cache is emptied when full, so it stays small whatever clients send.
+PARSE_CACHE_SIZE = 4096
+_parsed: dict[str, Digest] = {}
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -22,6 +28,19 @@ class Digest:
 
     @classmethod
     def parse(cls, text: str) -> Digest:
+        if type(text) is str:
+            found = _parsed.get(text)
+            if found is not None:
+                return found
+        digest = cls._parse(text)
+        if type(text) is str and cls is Digest:
+            if len(_parsed) >= PARSE_CACHE_SIZE:
+                _parsed.clear()
+            _parsed[text] = digest
+        return digest
+
+    @classmethod
+    def _parse(cls, text: str) -> Digest:
         if not isinstance(text, str) or len(text) > 256 or not _GRAMMAR.fullmatch(text):
             raise DigestInvalid(f"invalid digest {text!r}: expected algorithm:hex, e.g. sha256:<64 hex>",
                                 detail={"digest": str(text)[:300]})
@@ -30,7 +49,7 @@ class Digest:
         if length is None:
             raise DigestInvalid(f"unsupported digest algorithm {algorithm!r}: use sha256 or sha512",
                                 detail={"digest": text})
-        if len(encoded) != length or not re.fullmatch(r"[0-9a-f]+", encoded):
+        if len(encoded) != length or not _LOWER_HEX.fullmatch(encoded):
             raise DigestInvalid(f"invalid {algorithm} digest: expected {length} lowercase hex characters",
                                 detail={"digest": text})
         return cls(algorithm, encoded)

@@ -11,7 +11,7 @@ from domain.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, Dig
 from domain.names import RepositoryName
 from domain.ports import BlobInfo, BlobStore, UploadInfo
 
-from .files import fsync_dir, make_dirs, remove_debris, remove_tree, storage_failure, write_atomic
+from .files import fsync_dir, make_dirs, read_whole, remove_debris, remove_tree, storage_failure, write_atomic
 from .layout import Layout
 
 READ_CHUNK = 1 << 20
@@ -52,8 +52,7 @@ class FilesystemBlobStore(BlobStore):
 
     async def get(self, digest: Digest) -> bytes:
         try:
-            with open(self.layout.blob_data(digest), "rb") as f:
-                return f.read()
+            return read_whole(self.layout.blob_data(digest))
         except (FileNotFoundError, NotADirectoryError):
             raise BlobUnknown(f"blob {digest} is not stored") from None
 

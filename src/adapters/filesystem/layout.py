@@ -36,53 +36,72 @@ import os
 from domain.digest import Digest
 from domain.names import RepositoryName, Tag
 
+_SEP = os.sep
+_CACHED_REPOSITORIES = 4096
+
 
 class Layout:
+    """Paths are joined with plain string formatting from validated components (os.path.join cost
+    more than the file operation it named, on every request)."""
+
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self.v2 = os.path.join(self.root, "docker", "registry", "v2")
         self.repositories_root = os.path.join(self.v2, "repositories")
         self.blobs_root = os.path.join(self.v2, "blobs")
+        self._repositories: dict[str, str] = {}  # repository name -> its directory (a pure function)
 
     def _inside(self, path: str) -> str:
-        if not os.path.normpath(path).startswith(self.v2 + os.sep):
+        # Only a `..` component can lead out of a path built by formatting under v2 (the root is absolute
+        # and normalized, and an absolute component just doubles a separator): paths without `..`
+        # anywhere skip the normalization.
+        if ".." in path and not os.path.normpath(path).startswith(self.v2 + _SEP):
             raise ValueError(f"refusing a path outside the storage root: {path!r}")
         return path
 
     # blobs
     def blob_dir(self, digest: Digest) -> str:
-        return self._inside(os.path.join(self.blobs_root, digest.algorithm, digest.hex[:2], digest.hex))
+        hex_ = digest.hex
+        return self._inside(f"{self.blobs_root}{_SEP}{digest.algorithm}{_SEP}{hex_[:2]}{_SEP}{hex_}")
 
     def blob_data(self, digest: Digest) -> str:
-        return os.path.join(self.blob_dir(digest), "data")
+        hex_ = digest.hex
+        return self._inside(f"{self.blobs_root}{_SEP}{digest.algorithm}{_SEP}{hex_[:2]}{_SEP}{hex_}{_SEP}data")
 
     # repositories
     def repository(self, repo: RepositoryName) -> str:
-        return self._inside(os.path.join(self.repositories_root, *repo.value.split("/")))
+        path = self._repositories.get(repo.value)
+        if path is None:
+            path = self._inside(_SEP.join((self.repositories_root, *repo.value.split("/"))))
+            if len(self._repositories) >= _CACHED_REPOSITORIES:
+                self._repositories.clear()
+            self._repositories[repo.value] = path
+        return path
 
     def layers_dir(self, repo: RepositoryName) -> str:
-        return os.path.join(self.repository(repo), "_layers")
+        return f"{self.repository(repo)}{_SEP}_layers"
 
     def layer_link(self, repo: RepositoryName, digest: Digest) -> str:
-        return os.path.join(self.layers_dir(repo), digest.algorithm, digest.hex, "link")
+        return f"{self.repository(repo)}{_SEP}_layers{_SEP}{digest.algorithm}{_SEP}{digest.hex}{_SEP}link"
 
     def manifests_dir(self, repo: RepositoryName) -> str:
-        return os.path.join(self.repository(repo), "_manifests")
+        return f"{self.repository(repo)}{_SEP}_manifests"
 
     def revision_dir(self, repo: RepositoryName, digest: Digest) -> str:
-        return os.path.join(self.manifests_dir(repo), "revisions", digest.algorithm, digest.hex)
+        return (f"{self.repository(repo)}{_SEP}_manifests{_SEP}revisions{_SEP}{digest.algorithm}{_SEP}"
+                f"{digest.hex}")
 
     def revision_link(self, repo: RepositoryName, digest: Digest) -> str:
-        return os.path.join(self.revision_dir(repo, digest), "link")
+        return f"{self.revision_dir(repo, digest)}{_SEP}link"
 
     def tags_dir(self, repo: RepositoryName) -> str:
-        return os.path.join(self.manifests_dir(repo), "tags")
+        return f"{self.repository(repo)}{_SEP}_manifests{_SEP}tags"
 
     def tag_dir(self, repo: RepositoryName, tag: Tag) -> str:
-        return os.path.join(self.tags_dir(repo), tag.value)
+        return self._inside(f"{self.repository(repo)}{_SEP}_manifests{_SEP}tags{_SEP}{tag.value}")
 
     def tag_current_link(self, repo: RepositoryName, tag: Tag) -> str:
-        return self.current_link_in(self.tag_dir(repo, tag))
+        return f"{self.tag_dir(repo, tag)}{_SEP}current{_SEP}link"
 
     def tag_index_link(self, repo: RepositoryName, tag: Tag, digest: Digest) -> str:
         return self.index_link_in(self.tag_dir(repo, tag), digest)

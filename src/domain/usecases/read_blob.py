@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..digest import Digest
 from ..errors import RangeNotSatisfiable
@@ -29,8 +30,7 @@ class ByteRange:
         return self.first, size - 1 if self.last is None else min(self.last, size - 1)
 
 
-@dataclass(frozen=True, slots=True)
-class BlobContent:
+class BlobContent(NamedTuple):  # immutable, and made for every blob read: cheaper than a frozen dataclass
     size: int
     start: int
     end: int  # inclusive

@@ -4,13 +4,14 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from domain.digest import Digest
 
-from .params import byte_range, name, no_body, send_stream
+from .params import Response, byte_range, name, no_body, send_stream
+from .sendfile import small_body
 
 bp = Blueprint("blobs")
 
 
-def _headers(digest: Digest, length: int) -> dict[str, str]:
-    return {"Docker-Content-Digest": str(digest), "Content-Length": str(length), "Accept-Ranges": "bytes",
+def _headers(digest: str, length: int) -> dict[str, str]:
+    return {"Docker-Content-Digest": digest, "Content-Length": str(length), "Accept-Ranges": "bytes",
             "ETag": f'"{digest}"', "Cache-Control": "max-age=31536000"}
 
 
@@ -20,13 +21,16 @@ async def get_blob(request: Request, repo: str, digest: str) -> HTTPResponse | N
     wanted = byte_range(request)
     head = request.method == "HEAD"
     content = await request.app.ctx.container.read_blob()(name(repo), blob_digest, wanted, with_body=not head)
-    headers = _headers(blob_digest, content.length)
+    headers = _headers(digest, content.length)  # Digest.parse takes only the canonical text: str() of it
     status = 200
     if wanted is not None:
         status = 206
         headers["Content-Range"] = f"bytes {content.start}-{content.end}/{content.size}"
     if head:
-        return HTTPResponse(status=status, headers=headers, content_type="application/octet-stream")
+        return Response(status=status, headers=headers, content_type="application/octet-stream")
+    body = small_body(content.chunks)
+    if body is not None:
+        return Response(body, status=status, headers=headers, content_type="application/octet-stream")
     await send_stream(request, status, headers, "application/octet-stream", content.chunks)
     return None
 

@@ -5,7 +5,7 @@ from sanic import Blueprint, HTTPResponse, Request
 from domain.errors import TooLarge
 from domain.names import parse_reference
 
-from .params import lookup_reference, name, no_body
+from .params import Response, lookup_reference, name, no_body
 
 bp = Blueprint("manifests")
 
@@ -27,10 +27,10 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 async def get_manifest(request: Request, repo: str, reference: str) -> HTTPResponse:
     repo_name = name(repo)
     manifest = await request.app.ctx.container.get_manifest()(repo_name, lookup_reference(repo_name, reference))
-    headers = {"Docker-Content-Digest": str(manifest.digest), "ETag": f'"{manifest.digest}"',
-               "Content-Length": str(len(manifest.raw))}
+    digest = str(manifest.digest)
+    headers = {"Docker-Content-Digest": digest, "ETag": f'"{digest}"', "Content-Length": str(len(manifest.raw))}
     body = b"" if request.method == "HEAD" else manifest.raw
-    return HTTPResponse(body, headers=headers, content_type=manifest.media_type)
+    return Response(body, headers=headers, content_type=manifest.media_type)
 
 
 @bp.route("/v2/<repo:path>/manifests/<reference>", methods=["PUT"], stream=True)
