@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
-from typing import Any
 
 import orjson
-from sanic import Request, Sanic
+from sanic import Sanic
 
 from ..container import Container, build_container
 from ..settings import Settings
@@ -30,19 +28,6 @@ from . import (
 )
 
 _counter = itertools.count()
-_UNSAFE_URL_BYTES = re.compile(rb"[\x00-\x20\x7f-\xff]")
-
-
-class RegistryRequest(Request):
-    """To answer a request it could not parse, Sanic builds a stand-in request from the same URL. With
-    a control byte (a NUL, say) in that URL the stand-in fails too, and the client got no answer at
-    all. The stand-in (method "NONE") gets the URL with such bytes percent-escaped, so the client gets
-    the 400 it deserves."""
-
-    def __init__(self, url_bytes: bytes, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("method") == "NONE":
-            url_bytes = _UNSAFE_URL_BYTES.sub(lambda m: b"%%%02X" % m.group()[0], url_bytes)
-        super().__init__(url_bytes, *args, **kwargs)
 
 
 def build_access(settings: Settings, container: Container) -> auth.Access | None:
@@ -65,8 +50,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     container = container or build_container(settings)
     logs.configure_logging(settings.log_level)
     # App names are process-global in Sanic; tests build many apps in one process.
-    app = Sanic(name or f"myregistry{os.getpid()}x{next(_counter)}", dumps=orjson.dumps, configure_logging=False,
-                request_class=RegistryRequest)
+    app = Sanic(name or f"myregistry{os.getpid()}x{next(_counter)}", dumps=orjson.dumps, configure_logging=False)
     app.config.update({
         "REQUEST_MAX_SIZE": 1024 * 1024,  # non-streaming routes carry no real body
         "REQUEST_BUFFER_SIZE": 1024 * 1024,

@@ -11,6 +11,8 @@ from sanic.exceptions import RequestCancelled, SanicException
 
 from domain import errors as e
 
+from .params import Response
+
 log = logging.getLogger("myregistry")
 
 # Lookup walks the class's MRO, so subclasses inherit their parent's status unless listed.
@@ -49,8 +51,8 @@ def error_body(code: str, message: str, detail: object = None) -> bytes:
 
 def error_response(status: int, code: str, message: str, detail: object = None,
                    headers: dict[str, str] | None = None) -> HTTPResponse:
-    return HTTPResponse(error_body(code, message, detail), status=status, headers=headers,
-                        content_type="application/json")
+    return Response(error_body(code, message, detail), status=status, headers=headers,
+                    content_type="application/json")
 
 
 # Sanic's own errors (routing, protocol, limits) in OCI form, with the spec's codes: an unknown route or
