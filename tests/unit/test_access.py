@@ -123,17 +123,22 @@ def users(tmp_path):
 
 
 def test_login_counts_failures_and_then_refuses_even_the_right_password(users) -> None:
+    """Past the burst, a pair is held back even with the right password, unless those exact credentials
+    were verified before (then it is not a guess: a user keeps working while an attacker trips the
+    limit from the same address)."""
     login = Login(HtpasswdPasswords(users), MemoryLoginThrottle(refill=60), lambda: RULES, burst=2)
 
     async def run() -> None:
         assert (await login("alice", "right-password", "1.2.3.4")).name == "alice"
-        for _ in range(2):
-            with pytest.raises(Unauthorized):
-                await login("alice", "wrong", "1.2.3.4")
+        for name in ("alice", "bob"):
+            for _ in range(2):
+                with pytest.raises(Unauthorized):
+                    await login(name, "wrong", "1.2.3.4")
         with pytest.raises(TooManyAttempts) as held:
-            await login("alice", "right-password", "1.2.3.4")
+            await login("bob", "bobs-password", "1.2.3.4")  # never verified: held back
         assert held.value.retry_after > 0
-        assert (await login("alice", "right-password", "5.6.7.8")).name == "alice"  # another address
+        assert (await login("alice", "right-password", "1.2.3.4")).name == "alice"  # verified before
+        assert (await login("bob", "bobs-password", "5.6.7.8")).name == "bob"  # another address
         with pytest.raises(Unauthorized):
             await login("nobody", "x", "1.2.3.4")  # unknown users cost a bcrypt check too
     asyncio.run(run())

@@ -34,13 +34,15 @@ class Login:
     async def __call__(self, user: str, password: str, address: str) -> Identity:
         if not user:
             raise Unauthorized("incorrect user name or password")
+        if self.passwords.remembered(user, password):
+            # Checked before and still standing: not a guess, so nothing to count or hold back (a user
+            # whose address an attacker locked out keeps working with the credentials they logged in with).
+            return self.rules().identity(user)
         keys = {f"user:{user}\0{address}": self.burst, f"address:{address}": self.burst * self.ADDRESS_FACTOR}
         wait = self.throttle.retry_after(keys)
         if wait > 0:
             raise TooManyAttempts(wait, f"too many failed logins for {user!r} from {address}; "
                                         f"try again in {int(wait) + 1} s")
-        if self.passwords.remembered(user, password):  # checked before: no guess, nothing to count
-            return self.rules().identity(user)
         attempt = hashlib.sha256("\0".join((user, password, address)).encode("utf-8", "surrogateescape")).digest()
         check = self._in_flight.get(attempt)
         if check is None:

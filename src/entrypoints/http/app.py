@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     auth.install(app, access)
     errors.install(app)
     metrics.install(app)
-    app.on_request(logs.begin, priority=100)
+    # Log bookkeeping first (every line written while the request is handled carries its id), then the
+    # access check, in one middleware when access control is on.
+    app.on_request(logs.begin if access is None else auth.begin_and_authorize(logs.begin), priority=100)
     app.on_response(logs.on_response, priority=100)
     maintenance.schedule(app, settings)
 
