@@ -65,6 +65,10 @@ NEEDS: dict[str, Need] = {
 }
 
 _ACTIONS = {Need.PULL: Action.PULL, Need.PUSH: Action.PUSH, Need.DELETE: Action.DELETE}
+# The same, as an attribute of each need: read on every request, and an enum's hash (a dict lookup) is a
+# Python-level call.
+for _need_member in Need:
+    _need_member.action = _ACTIONS.get(_need_member)
 
 # The scope a client is told to ask for: a push asks pull too (a client checks what exists first).
 _CHALLENGE_ACTIONS = {Need.PULL: "pull", Need.PUSH: "pull,push", Need.DELETE: "delete"}
@@ -139,7 +143,7 @@ class TokenCaller(Caller):
         return actions is not None and (action in actions or "*" in actions)
 
     def may(self, repository: str, action: Action) -> bool:
-        return self._allows(("repository", repository), action.value)
+        return self._allows(("repository", repository), action)  # a StrEnum: the action's own text
 
     @property
     def admin(self) -> bool:
@@ -233,6 +237,8 @@ def _credentials(request: Request) -> tuple[str, str] | None:
     header = request.headers.get("authorization")
     if not header:
         return None
+    if header.startswith("Bearer "):  # what token clients send, taken apart without copies
+        return "bearer", header[7:].strip()
     scheme, _, value = header.strip().partition(" ")
     return scheme.lower(), value.strip()
 
@@ -341,7 +347,7 @@ def _allowed(caller: Caller, need: Need, repo: str | None, request: Request) -> 
         return caller.admin
     if repo is None:
         return True  # an invalid name: the handler answers NAME_INVALID
-    return caller.may(repo, _ACTIONS[need])
+    return caller.may(repo, need.action)
 
 
 def _rules_refuse(caller: Caller, need: Need, repo: str | None) -> bool:
