@@ -20,14 +20,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "src"), ROOT]
 
-from tests.support import free_port, make_image, push_image  # noqa: E402
+from tests.support import free_port, make_image, push_image, wait_for_answer  # noqa: E402
 
 from adapters.auth.htpasswd import hash_password, write_users  # noqa: E402
 
@@ -59,15 +58,7 @@ class Server:
             self.process = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "serve"], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/health/live", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the {mode} server did not start; see {workdir}/{mode}.log") from None
-                time.sleep(0.05)
+        wait_for_answer(f"{url}/health/live", 30, f"see {workdir}/{mode}.log")
         headers = {}
         if mode == "htpasswd":
             headers["Authorization"] = "Basic " + base64.b64encode(f"bench:{PASSWORD}".encode()).decode()

@@ -90,6 +90,27 @@ def start_server(storage_root: str, log_path: str, **env: str) -> Server:
     return wait_until_up(Server(f"http://127.0.0.1:{port}", port, storage_root, process, log_path))
 
 
+def wait_for_answer(url: str, timeout: float, what: str) -> None:
+    """Until `url` answers at all (any status); `what` says where to look when it does not in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no answer from {url} within {timeout:.0f} s; {what}") from None
+            time.sleep(0.05)
+
+
+def scratch_build_context(directory, payload: bytes):
+    """A directory holding `payload.bin` and a Containerfile copying it into a FROM scratch image."""
+    directory.mkdir()
+    (directory / "payload.bin").write_bytes(payload)
+    (directory / "Containerfile").write_text("FROM scratch\nCOPY payload.bin /payload.bin\n")
+    return directory
+
+
 def wait_until_up(server: Server, timeout: float = 20, verify: object = True) -> Server:
     """The server, once /health/live answers 200 (over TLS checked with `verify`); its log in the
     error if it exits or stays silent."""

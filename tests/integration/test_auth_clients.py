@@ -50,6 +50,7 @@ from tests.support import (
     free_port,
     make_image,
     require_tool,
+    scratch_build_context,
     sha256,
     wait_until_up,
     write_layout,
@@ -496,10 +497,7 @@ def test_buildah_push_with_creds(registry, api, pki, containers, tmp_path):
     require_tool("buildah")
     env, flags = containers
     data = os.urandom(100_000)
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "payload.bin").write_bytes(data)
-    (ctx / "Containerfile").write_text("FROM scratch\nCOPY payload.bin /payload.bin\n")
+    ctx = scratch_build_context(tmp_path / "ctx", data)
     ref = f"{registry.host}/team/buildah:v1"
     sh("buildah", *flags, "bud", "--isolation", "chroot", "-t", ref, str(ctx), env=env)
     sh("buildah", *flags, "push", "--creds", creds("alice"), "--cert-dir", pki.cert_dir, ref, env=env)

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.support import IN_CI, make_image, make_index, require_tool, sha256, write_layout
+from tests.support import IN_CI, make_image, make_index, require_tool, scratch_build_context, sha256, write_layout
 
 pytestmark = pytest.mark.clients
 
@@ -175,10 +175,7 @@ class TestPodmanBuildah:
         require_tool("podman")
         env, flags = containers_env
         payload = os.urandom(300_000)
-        ctx = tmp_path / "ctx"
-        ctx.mkdir()
-        (ctx / "payload.bin").write_bytes(payload)
-        (ctx / "Containerfile").write_text("FROM scratch\nCOPY payload.bin /payload.bin\n")
+        ctx = scratch_build_context(tmp_path / "ctx", payload)
         ref = reference(server, "clients/buildah")
         sh("buildah", *flags, "bud", "--isolation", "chroot", "-t", f"{ref}:v1", str(ctx), env=env)
         sh("buildah", *flags, "push", "--tls-verify=false", f"{ref}:v1", env=env)

@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from adapters.auth.htpasswd import hash_password, write_users
 from domain.manifest import OCI_MANIFEST
-from tests.support import free_port, make_image, require_tool, sha256, start_server, stop_process_group
+from tests.support import free_port, make_image, require_tool, sha256, start_server, stop_process_group, wait_for_answer
 
 pytestmark = pytest.mark.distribution
 RULES = """
@@ -67,14 +67,7 @@ def test_distribution_accepts_our_tokens_and_refuses_the_same_forgeries(tmp_path
                                         start_new_session=True)
     dist_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{dist_url}/v2/", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, (tmp_path / "distribution.log").read_text()
-                time.sleep(0.1)
+        wait_for_answer(f"{dist_url}/v2/", 20, f"see {tmp_path}/distribution.log")
 
         def token(*scopes: str) -> str:
             r = httpx.get(f"{ours.url}/auth/token", params={"service": "svc", "scope": list(scopes)},
