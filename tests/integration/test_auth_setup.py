@@ -188,3 +188,24 @@ def test_the_log_says_who_got_tokens_and_who_failed_to_log_in(tmp_path):
     warnings = [line for line in server.log().splitlines() if '"level":"WARNING"' in line]
     assert len(warnings) == 1 and "'bob'" in warnings[0] and "127.0.0.1" in warnings[0]
     assert "guess-" not in server.log()
+
+
+def test_empty_basic_credentials_are_an_anonymous_caller_at_the_token_endpoint_too(tmp_path):
+    """containers/image sends `Basic Og==` (empty user and password) when it has no credentials: the
+    registry treats it as anonymous, and so must the token endpoint (it answered 401 before)."""
+    htpasswd = str(tmp_path / "htpasswd")
+    assert cli("users", "add", "bob", "--file", htpasswd, "--rounds", "4", stdin="bobs-password\n").returncode == 0
+    (tmp_path / "rules.toml").write_text(EXAMPLE)
+    server = start_server(str(tmp_path / "data"), str(tmp_path / "log"), REGISTRY_AUTH="token",
+                          REGISTRY_AUTH_HTPASSWD=htpasswd, REGISTRY_AUTH_RULES=str(tmp_path / "rules.toml"),
+                          REGISTRY_WORKERS="1")
+    try:
+        scope = {"service": "myregistry", "scope": ["repository:library/x:pull,push", "repository:team-a/x:pull"]}
+        r = httpx.get(f"{server.url}/auth/token", params=scope, headers={"Authorization": "Basic Og=="})
+        assert r.status_code == 200, r.text
+        claims = jwt.decode(r.json()["token"], options={"verify_signature": False})
+        assert claims["sub"] == "" and claims["access"] == [
+            {"type": "repository", "name": "library/x", "actions": ["pull"]}]
+        assert httpx.get(f"{server.url}/auth/token", params=scope, headers=basic("bob", "wrong")).status_code == 401
+    finally:
+        server.stop()

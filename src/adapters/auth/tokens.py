@@ -168,7 +168,8 @@ class KeyRing:
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         kid = key_id(key.public_key())
-        created = max(int(self.clock()), int(self._files()[-1][0]) + 1 if self._files() else 0)
+        existing = self._files()
+        created = max(int(self.clock()), int(existing[-1][0]) + 1 if existing else 0)
         fd, tmp = tempfile.mkstemp(prefix=".key.", dir=self.directory)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
@@ -176,8 +177,8 @@ class KeyRing:
             os.fsync(f.fileno())
         final = os.path.join(self.directory, f"{created}-{kid.replace(':', '')}.pem")
         try:
-            if exclusive and self._files():
-                return self._files()[-1][1]  # another process made the first key meanwhile
+            if exclusive and self._files():  # another process made the first key meanwhile
+                return ""
             os.link(tmp, final)
         finally:
             os.unlink(tmp)

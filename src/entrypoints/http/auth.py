@@ -64,11 +64,10 @@ NEEDS: dict[str, Need] = {
     "manifests.delete_manifest": Need.DELETE,
 }
 
-_ACTIONS = {Need.PULL: Action.PULL, Need.PUSH: Action.PUSH, Need.DELETE: Action.DELETE}
-# The same, as an attribute of each need: read on every request, and an enum's hash (a dict lookup) is a
-# Python-level call.
+# Each need's repository action (None for the others), as an attribute: read on every request, where a
+# dict keyed by the enum would cost a Python-level hash.
 for _need_member in Need:
-    _need_member.action = _ACTIONS.get(_need_member)
+    _need_member.action = Action(_need_member.value) if _need_member.value in set(Action) else None
 
 # The scope a client is told to ask for: a push asks pull too (a client checks what exists first).
 _CHALLENGE_ACTIONS = {Need.PULL: "pull", Need.PUSH: "pull,push", Need.DELETE: "delete"}
@@ -233,7 +232,8 @@ def _unauthorized(access: Access, request: Request, need: Need, repo: str | None
                           {"WWW-Authenticate": _challenge(access, request, need, repo, error, message)})
 
 
-def _credentials(request: Request) -> tuple[str, str] | None:
+def credentials(request: Request) -> tuple[str, str] | None:
+    """(scheme in lower case, value) of the Authorization header; None without one."""
     header = request.headers.get("authorization")
     if not header:
         return None
@@ -243,7 +243,13 @@ def _credentials(request: Request) -> tuple[str, str] | None:
     return scheme.lower(), value.strip()
 
 
+# skopeo, podman and buildah (containers/image) send "Basic Og==", an empty user and password, when they
+# have no credentials: an anonymous caller, not a failed login, here and at the token endpoint alike.
+NO_CREDENTIALS = ("", "")
+
+
 def decode_basic(value: str) -> tuple[str, str] | None:
+    """(user, password) from a Basic value; None when it is not base64 of user:password."""
     try:
         text = base64.b64decode(value, validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -254,7 +260,7 @@ def decode_basic(value: str) -> tuple[str, str] | None:
 
 async def _identify(access: Access, request: Request) -> Caller:
     """The caller, or Unauthorized when credentials are given and wrong."""
-    given = _credentials(request)
+    given = credentials(request)
     if given is not None:
         scheme, value = given
         if scheme == "bearer" and access.tokens is not None:
@@ -265,9 +271,7 @@ async def _identify(access: Access, request: Request) -> Caller:
             pair = decode_basic(value)
             if pair is None:
                 raise Unauthorized("the Basic credentials are not base64 of user:password")
-            # skopeo, podman and buildah (containers/image) send "Basic Og==", an empty user and password,
-            # when they have no credentials: that is an anonymous caller, not a failed login.
-            if pair != ("", ""):
+            if pair != NO_CREDENTIALS:
                 request.ctx.login_failed = pair[0]  # until the login succeeds
                 who = await access.login(pair[0], pair[1], client_address(request))
                 request.ctx.login_failed = None
@@ -361,7 +365,7 @@ def _rules_refuse(caller: Caller, need: Need, repo: str | None) -> bool:
         return False
     if need is Need.ADMIN:
         return True
-    return repo is not None and need in _CHALLENGE_ACTIONS and not rules.may(who, repo, _ACTIONS[need])
+    return repo is not None and need in _CHALLENGE_ACTIONS and not rules.may(who, repo, need.action)
 
 
 def _describe(need: Need, repo: str | None) -> str:

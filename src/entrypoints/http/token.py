@@ -20,7 +20,7 @@ from domain.access import parse_scopes
 from domain.errors import TooManyAttempts, Unauthorized
 from domain.ports import IssuedToken
 
-from .auth import client_address, decode_basic
+from .auth import NO_CREDENTIALS, client_address, credentials, decode_basic
 from .errors import error_response
 
 bp = Blueprint("token")
@@ -80,12 +80,11 @@ async def get_token(request: Request) -> HTTPResponse:
         return mismatch
     scopes = parse_scopes(request.args.getlist("scope"))
     issue = request.app.ctx.container.issue_token()
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.strip().partition(" ")
+    given = credentials(request)
+    pair = decode_basic(given[1]) if given is not None and given[0] == "basic" else None
     try:
-        if not header:
+        if given is None or pair == NO_CREDENTIALS:
             return _answer(_logged(request, issue.anonymous(scopes)), oauth=False)
-        pair = decode_basic(value.strip()) if scheme.lower() == "basic" else None
         if pair is None:
             raise Unauthorized("send Basic credentials (user:password), or none for an anonymous token")
         account = request.args.get("account")
