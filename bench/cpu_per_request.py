@@ -167,6 +167,8 @@ def main() -> None:
     parser.add_argument("--requests-only", nargs="*", help="labels to measure (default all)")
     parser.add_argument("--profile", help="directory for cProfile stats of our worker, one file per request type")
     parser.add_argument("--workdir", help="scratch directory, kept afterwards (servers' logs, data)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for our server (repeatable), e.g. --env REGISTRY_LOG_LEVEL=WARNING")
     parser.add_argument("--src", default=os.path.join(ROOT, "src"),
                         help="our source tree (another checkout's src/, to compare two versions)")
     args = parser.parse_args()
@@ -175,7 +177,8 @@ def main() -> None:
     labels = args.requests_only or list(REQUESTS)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     ours_env = {**base_env, "STORAGE_ROOT": os.path.join(workdir, "data"), "REGISTRY_HOST": "127.0.0.1",
-                "REGISTRY_WORKERS": str(args.workers), "PYTHONPATH": os.path.abspath(args.src)}
+                "REGISTRY_WORKERS": str(args.workers), "PYTHONPATH": os.path.abspath(args.src),
+                **dict(pair.split("=", 1) for pair in args.env)}
     out: dict[str, dict] = {}
     try:
         ours = Server("ours", [sys.executable, "-m", "entrypoints.cli", "serve"], ours_env, workdir)

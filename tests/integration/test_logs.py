@@ -3,10 +3,25 @@ log for what went wrong, so what went right must not be there."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+
 import httpx
 import orjson
 
-from tests.support import OCI_MANIFEST, make_image, sha256, start_server
+from tests.support import (
+    OCI_MANIFEST,
+    REPO_ROOT,
+    free_port,
+    make_image,
+    sha256,
+    start_server,
+    stop_process_group,
+    wait_for_answer,
+)
 
 
 def test_ordinary_traffic_logs_no_warning_or_error(tmp_path):
@@ -99,3 +114,69 @@ def test_duration_counts_from_the_request_s_first_byte(tmp_path):
     lines = [orjson.loads(line) for line in server.log().splitlines()]
     durations = {r.get("query"): r["duration_ms"] for r in lines if r.get("message") == "request"}
     assert durations["slow"] >= 500 and durations["fast"] < 300, durations
+
+
+def access_lines(chunks: list[bytes]) -> dict[str, list[int]]:
+    """The statuses logged for each request id `burst-*`, from the complete lines read so far."""
+    seen: dict[str, list[int]] = {}
+    for line in b"".join(list(chunks)).split(b"\n")[:-1]:
+        record = orjson.loads(line)  # a cut or interleaved line fails here
+        if record.get("message") == "request" and record["request_id"].startswith("burst-"):
+            seen.setdefault(record["request_id"], []).append(record["status"])
+    return seen
+
+
+def test_every_request_gets_one_whole_access_line_when_workers_answer_in_bursts(tmp_path):
+    """Two workers writing to one pipe, 12 clients at once: a busy worker answers several requests in
+    one turn of its event loop and writes their lines together at the end of the turn (logs.finish).
+    Every request still gets exactly one access line, whole (never cut or interleaved with another
+    worker's), with its own status, and the answers carry the id the line has."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "STORAGE_ROOT": str(tmp_path / "data"), "REGISTRY_HOST": "127.0.0.1",
+           "REGISTRY_WORKERS": "2", "REGISTRY_FSYNC": "false", "PYTHONPATH": os.path.join(REPO_ROOT, "src")}
+    process = subprocess.Popen([sys.executable, "-m", "entrypoints.cli", "serve"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: process.stdout.read1(65536), b"")))
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+    expected: dict[str, int] = {}
+    try:
+        wait_for_answer(f"{url}/health/live", 20, "the server did not start")
+        image = make_image("burst", layers=1)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for blob in image.blobs():
+                r = c.post("/v2/app/blobs/uploads/", params={"digest": sha256(blob)}, content=blob)
+                assert r.status_code == 201
+            assert c.put("/v2/app/manifests/v1", content=image.manifest,
+                         headers={"Content-Type": OCI_MANIFEST}).status_code == 201
+
+        paths = ("/v2/app/manifests/v1", "/v2/app/manifests/nope", f"/v2/app/blobs/{sha256(image.layers[0])}",
+                 "/v2/")
+
+        def client(n: int) -> None:
+            with httpx.Client(base_url=url, timeout=30) as c:
+                for i in range(150):
+                    rid = f"burst-{n}-{i}"
+                    path = paths[i % 4]
+                    r = c.head(path, headers={"X-Request-ID": rid, "Accept": OCI_MANIFEST})
+                    assert r.headers["X-Request-ID"] == rid
+                    expected[rid] = r.status_code
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(expected) == 12 * 150
+        # Every line comes out while the server runs (at the end of its turn), not only when it stops.
+        deadline = time.monotonic() + 10
+        while len(access_lines(chunks)) < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = access_lines(chunks)
+    finally:
+        stop_process_group(process)
+        reader.join(10)
+    missing = sorted(set(expected) - set(seen))
+    assert missing == [], f"{len(missing)} requests have no access line, e.g. {missing[:5]}"
+    assert {rid: statuses for rid, statuses in seen.items() if statuses != [expected[rid]]} == {}

@@ -5,13 +5,16 @@ time stamp and redaction, the mmapped metrics, small blob bodies."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -300,3 +303,53 @@ def test_small_bodies_are_read_whole_and_large_ones_left_to_sendfile(tmp_path):
     assert sendfile.small_body(_Region((path, len(data) - 5, 10))) is None  # shorter than said: the stream's way
     assert sendfile.small_body(_Region((str(tmp_path / "gone"), 0, 10))) is None
     assert sendfile.small_body(object()) is None
+
+
+class _Request:
+    """What logs.finish reads of a Sanic request."""
+
+    def __init__(self, rid: str, status_path: str = "/v2/") -> None:
+        self.ctx = SimpleNamespace(request_id=rid)
+        self.app = SimpleNamespace(ctx=SimpleNamespace(logs_proxied=False))
+        self.method, self.path, self.ip, self.remote_addr, self.query_string = "GET", status_path, "127.0.0.1", "", ""
+        self.transport = self.route = None
+        self.headers: dict[str, str] = {}
+
+
+def test_access_lines_of_one_loop_turn_are_written_together_and_in_order(tmp_path, monkeypatch):
+    """The first request answered in a turn of the event loop is written at once; the others of that
+    turn at its end; another log line first writes the waiting ones; none is written twice."""
+    out = open(tmp_path / "log", "w")
+    monkeypatch.setattr(sys, "stdout", out)
+    handler = logs._OrderedHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("myregistry.test-order")
+    logger.addHandler(handler)
+    logger.propagate = False
+    monkeypatch.setattr(logs.access, "level", logging.INFO)
+
+    def ids() -> list[str]:
+        return [orjson.loads(line).get("request_id") for line in (tmp_path / "log").read_text().splitlines()]
+
+    async def turns() -> None:
+        logs.finish(_Request("a"), 200, 0)
+        assert ids() == ["a"]  # at once: its line is there before its answer leaves
+        logs.finish(_Request("b"), 404, 0)
+        c = _Request("c")
+        logs.finish(c, 200, 10)
+        logs.finish(c, 499, 10)  # a second finish of the same request is ignored
+        assert ids() == ["a"]
+        logger.warning("something")  # written after the access lines made before it
+        assert ids() == ["a", "b", "c", "-"]
+        logs.finish(_Request("d"), 200, 0)
+        assert ids() == ["a", "b", "c", "-"]
+        await asyncio.sleep(0)  # the end of the turn
+        assert ids() == ["a", "b", "c", "-", "d"]
+        logs.finish(_Request("e"), 200, 0)  # a new turn: at once again
+        assert ids()[-1] == "e"
+
+    try:
+        _run(turns())
+    finally:
+        logger.removeHandler(handler)
+        out.close()

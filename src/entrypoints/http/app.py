@@ -21,6 +21,7 @@ from . import (
     maintenance,
     manifests,
     metrics,
+    protocol,
     referrers,
     tags,
     token,
@@ -28,6 +29,10 @@ from . import (
 )
 
 _counter = itertools.count()
+
+
+async def _flush_access_lines(app: Sanic) -> None:
+    logs.flush_pending()  # a worker's last answers (workers end without running atexit)
 
 
 def build_access(settings: Settings, container: Container) -> auth.Access | None:
@@ -50,7 +55,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     container = container or build_container(settings)
     logs.configure_logging(settings.log_level)
     # App names are process-global in Sanic; tests build many apps in one process.
-    app = Sanic(name or f"myregistry{os.getpid()}x{next(_counter)}", dumps=orjson.dumps, configure_logging=False)
+    protocol.install_hooks(logs.begin, logs.on_response)
+    app = Sanic(name or f"myregistry{os.getpid()}x{next(_counter)}", dumps=orjson.dumps, configure_logging=False,
+                request_class=protocol.RegistryRequest)
     app.config.update({
         "REQUEST_MAX_SIZE": 1024 * 1024,  # non-streaming routes carry no real body
         "REQUEST_BUFFER_SIZE": 1024 * 1024,
@@ -72,10 +79,11 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     auth.install(app, access)
     errors.install(app)
     metrics.install(app)
-    # Log bookkeeping first (every line written while the request is handled carries its id), then the
-    # access check, in one middleware when access control is on.
-    app.on_request(logs.begin if access is None else auth.begin_and_authorize(logs.begin), priority=100)
-    app.on_response(logs.on_response, priority=100)
+    # The request's bookkeeping is done by the protocol (protocol.install_hooks); the access check is
+    # the only request middleware, and only when access control is on.
+    if access is not None:
+        app.on_request(auth.authorize, priority=100)
+    app.after_server_stop(_flush_access_lines)
     maintenance.schedule(app, settings)
 
     return app

@@ -399,10 +399,3 @@ def install(app: Sanic, access: Access | None) -> None:
     app.ctx.access = access
 
 
-def begin_and_authorize(begin: Callable[[Request], None]):
-    """One request middleware doing both the request's log bookkeeping and its access check: each
-    middleware Sanic runs costs a few microseconds of dispatch on every request."""
-    async def middleware(request: Request) -> HTTPResponse | None:
-        begin(request)
-        return await authorize(request)
-    return middleware

@@ -8,6 +8,8 @@ any line is replaced the same way."""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import itertools
 import logging
@@ -123,8 +125,18 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class _OrderedHandler(logging.StreamHandler):
+    """Writes a log line after the access lines still waiting in this process (see `finish`), so a
+    worker's lines come out in the order they were made."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _pending:
+            flush_pending(end_of_turn=False)
+        super().emit(record)
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _OrderedHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RequestIdFilter())
     for name in ("myregistry", "sanic.error", "sanic.root", "sanic.server"):
@@ -135,15 +147,12 @@ def configure_logging(level: str) -> None:
 
 
 def begin(request: Request) -> None:
+    """A request's bookkeeping, when Sanic makes its Request (protocol.RegistryRequest): its id, which
+    every line logged while it is handled carries and its answer returns in X-Request-ID."""
     given = request.headers.get("x-request-id")
-    rid = given if given and _SANE_ID.fullmatch(given) else new_request_id()
-    ctx = request.ctx
-    ctx.request_id = rid
-    ctx.started = arrival(request) or time.perf_counter()
-    ctx.logged = False
+    rid = given if given and _SANE_ID.fullmatch(given) else f"{_id_prefix}{next(_id_count) & 0xFFFFFFFFFFFFFFFF:016x}"
+    request.ctx.request_id = rid
     request_id_var.set(rid)
-    if request.method in metrics.BODY_METHODS:
-        metrics.upload_started(request)
 
 
 def _proxied(app) -> bool:
@@ -172,24 +181,95 @@ def _stdout_fileno() -> int:
     return _stdout_fd
 
 
-def finish(request: Request, status: int, nbytes: int | None) -> None:
-    """Write the request's access line once, when its response is complete.
+# Access lines (and the metrics of their requests) waiting for the end of the event loop's turn, and
+# the loop whose turn it is (None: no turn has begun writing).
+_pending: list[tuple] = []
+_turn_loop: asyncio.AbstractEventLoop | None = None
+_BATCH_MAX = 64
 
-    The line has the fields the JSON formatter writes, but skips the logging machinery (a third of a
-    small request's cost went there): one dict, one orjson call, one os.write. A single write of a line
-    under PIPE_BUF bytes is atomic, so workers sharing stdout never interleave their lines. Lines
-    written through logging are flushed by their handler as they are written, so none waits in
-    sys.stdout's buffer to come out after this one."""
+
+def finish(request: Request, status: int, nbytes: int | None) -> None:
+    """The request's answer is complete (or abandoned): its access line and metrics, once.
+
+    The first request finished in a turn of the event loop is written at once, before its answer
+    goes out; the others finished in the same turn (a busy worker answers several per turn) wait in
+    `_pending` and are written together at the end of the turn, microseconds later: one write and
+    one burst of formatting for all of them instead of one each (a tenth of a small request's CPU
+    under load, measured). A client sending one request at a time finds its line in the log when its
+    answer arrives, as before. A kill -9 can lose the lines of the answers of the last turn."""
+    global _turn_loop
     ctx = request.ctx
-    if getattr(ctx, "logged", True):
+    if getattr(ctx, "logged", False):
         return
     ctx.logged = True
     now = time.perf_counter()
-    elapsed = now - (getattr(ctx, "started", None) or now)
-    metrics.observe(request, status, nbytes, elapsed)
-    if not access.isEnabledFor(_INFO):
+    record = (request, status, nbytes, now - (arrival(request) or now), time.time())
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no event loop (a script): nothing to wait for
+        _write((record,))
         return
-    epoch = time.time()
+    if loop is _turn_loop:
+        _pending.append(record)
+        if len(_pending) >= _BATCH_MAX:
+            flush_pending(end_of_turn=False)
+        return
+    flush_pending()  # lines left by a loop that stopped before its turn ended
+    _turn_loop = loop
+    loop.call_soon(flush_pending)
+    _write((record,))
+
+
+def flush_pending(end_of_turn: bool = True) -> None:
+    """Write the access lines waiting in this process: at the end of the loop's turn, before any other
+    log line, before a scrape, and at exit."""
+    global _turn_loop
+    if end_of_turn:
+        _turn_loop = None
+    if _pending:
+        batch = tuple(_pending)
+        _pending.clear()
+        _write(batch)
+
+
+def _write(batch: tuple) -> None:
+    logging_on = access.isEnabledFor(_INFO)
+    lines = []
+    for request, status, nbytes, elapsed, epoch in batch:
+        metrics.observe(request, status, nbytes, elapsed)
+        if logging_on:
+            lines.append(_access_line(request, status, nbytes, elapsed, epoch))
+    if not lines:
+        return
+    fd = _stdout_fileno()
+    if fd < 0:
+        for data in lines:
+            line = orjson.loads(data)
+            access.info("request", extra={"request_id": line["request_id"], "fields": line})
+        return
+    # Writes of at most PIPE_BUF bytes, cut between lines: a pipe never interleaves two workers' lines.
+    chunk = b""
+    try:
+        for data in lines:
+            if chunk and len(chunk) + len(data) > _PIPE_BUF:
+                _write_all(fd, chunk)
+                chunk = b""
+            chunk += data
+        _write_all(fd, chunk)
+    except OSError:
+        pass  # a closed or full log pipe must not fail requests
+
+
+_PIPE_BUF = 4096
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _access_line(request: Request, status: int, nbytes: int | None, elapsed: float, epoch: float) -> bytes:
+    ctx = request.ctx
     second = int(epoch)
     app = request.app
     proxied = getattr(app.ctx, "logs_proxied", None)
@@ -197,9 +277,9 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
         proxied = _proxied(app)
     line = {"time": f"{_stamp_prefix if second == _stamp_second else _stamp_of(second)}."
                     f"{int(epoch % 1 * 1000):03d}Z",
-            "level": "INFO", "logger": "myregistry.access", "pid": _pid, "request_id": ctx.request_id,
-            "message": "request", "method": request.method, "path": request.path, "status": status,
-            "bytes": nbytes, "duration_ms": round(elapsed * 1000, 3),
+            "level": "INFO", "logger": "myregistry.access", "pid": _pid,
+            "request_id": getattr(ctx, "request_id", "-"), "message": "request", "method": request.method,
+            "path": request.path, "status": status, "bytes": nbytes, "duration_ms": round(elapsed * 1000, 3),
             "remote": (request.remote_addr or request.ip) if proxied else request.ip,
             "user": getattr(ctx, "user", None)}
     failed = getattr(ctx, "login_failed", None)
@@ -211,21 +291,19 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
     data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
     if b"eyJ" in data or b"earer" in data:  # a JWT or a bearer token in the path: the cheap test first
         data = _redact_bytes(data)
-    fd = _stdout_fileno()
-    if fd < 0:
-        access.info("request", extra={"request_id": line["request_id"], "fields": line})
-        return
-    try:
-        while data:
-            data = data[os.write(fd, data):]
-    except OSError:
-        pass  # a closed or full log pipe must not fail the request
+    return data
+
+
+atexit.register(flush_pending)
 
 
 def on_response(request: Request, response: HTTPResponse) -> None:
+    """Every answer, as Sanic connects it to its request (protocol.RegistryHttp.respond), before its
+    headers go out: the request id and API version headers, and the access line unless a body is
+    still to be streamed (send_stream finishes those)."""
     ctx = request.ctx
     rid = getattr(ctx, "request_id", None)
-    if rid is None:  # an error before our request middleware ran
+    if rid is None:  # a request that protocol.RegistryRequest did not make
         begin(request)
         rid = ctx.request_id
     headers = response.headers

@@ -256,7 +256,7 @@ def _route_info(request: Request) -> tuple[str, bool]:
 
 # -- the request path ------------------------------------------------------------------------------
 def upload_started(request: Request) -> None:
-    """Called by the request middleware (logs.begin): an upload request begins receiving its body."""
+    """The uploads blueprint's request middleware: an upload request begins receiving its body."""
     if request.method in _BODY_METHODS and _route_info(request)[1] and _M is not None:
         request.ctx.metrics_upload = True
         _M.uploads.inc()
@@ -362,6 +362,9 @@ def exposition() -> bytes:
 @bp.route("/metrics", methods=["GET"])
 async def scrape(request: Request) -> HTTPResponse:
     started = time.perf_counter()
+    from .logs import flush_pending  # logs imports this module
+
+    flush_pending(end_of_turn=False)  # requests answered earlier in this turn of the loop count too
     body = exposition()
     return HTTPResponse(body, headers={"X-Scrape-Seconds": f"{time.perf_counter() - started:.4f}"},
                         content_type=CONTENT_TYPE_LATEST)
@@ -369,7 +372,7 @@ async def scrape(request: Request) -> HTTPResponse:
 
 def install(app: Sanic) -> None:
     """Metrics for this app: the route and the storage-error signal. The request path reports through
-    logs.begin (`upload_started`) and logs.finish (`observe`): no middleware of its own."""
+    the uploads blueprint (`upload_started`) and logs.finish (`observe`)."""
     _metrics()
     app.blueprint(bp)
     app.signal("http.lifecycle.exception")(_on_exception)

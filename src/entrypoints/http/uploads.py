@@ -5,10 +5,14 @@ from sanic import Blueprint, HTTPResponse, Request
 from domain.digest import Digest
 from domain.names import RepositoryName
 
+from . import metrics
 from .auth import caller_of
 from .params import body_chunks, content_range, digest_param, drain, has_body, name, no_body, upload_headers
 
 bp = Blueprint("uploads")
+# Uploads in progress (a gauge): counted from here, after routing and the access check, to the end of
+# the request (logs.finish). A middleware of this blueprint only: other routes pay nothing for it.
+bp.on_request(metrics.upload_started)
 
 
 def _created(repo: RepositoryName, digest: Digest) -> HTTPResponse:
