@@ -192,6 +192,25 @@ def test_response_headers_are_the_bytes_sanic_makes(status):
     assert (b"X", b"ab") in bad.processed_headers
 
 
+@given(st.dictionaries(st.text(st.characters(max_codepoint=127), min_size=1, max_size=12),
+                       st.text(st.characters(blacklist_categories=("Cs",)), max_size=20), max_size=6))
+def test_any_header_value_is_encoded_as_sanic_encodes_it(headers):
+    """Whatever a value holds (controls, CR, LF, NUL, tabs, non-ASCII), the shortcut sends Sanic's bytes."""
+    ours = Response(b"", status=200, headers=dict(headers), content_type="text/plain")
+    sanic = HTTPResponse(b"", status=200, headers=dict(headers), content_type="text/plain")
+    assert list(ours.processed_headers) == list(sanic.processed_headers)
+
+
+def test_every_answer_of_ours_carries_the_request_id_and_api_version_once():
+    response = Response(b"{}", status=200, headers={"Content-Length": "2"}, content_type="application/json")
+    assert all(name not in (b"X-Request-ID", b"Docker-Distribution-API-Version")
+               for name, _ in response.processed_headers)
+    response.request_id = "abc"
+    pairs = list(response.processed_headers)
+    assert pairs.count((b"X-Request-ID", b"abc")) == 1
+    assert pairs.count((b"Docker-Distribution-API-Version", b"registry/2.0")) == 1
+
+
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_timestamp_is_strftime_with_milliseconds(epoch):
     expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"

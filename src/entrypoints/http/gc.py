@@ -16,12 +16,13 @@ from domain.jobs import is_job_id
 from . import gc_jobs
 from .errors import error_response
 from .params import flag, name
+from .responses import Response
 
 bp = Blueprint("gc")
 
 
 def _json(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
-    return HTTPResponse(orjson.dumps(body), status=status, headers=headers, content_type="application/json")
+    return Response(orjson.dumps(body), status=status, headers=headers, content_type="application/json")
 
 
 def _waits(request: Request) -> bool:
@@ -64,4 +65,4 @@ async def collect_repository(request: Request, repo: str) -> HTTPResponse:
 @bp.route("/v2/<repo:path>/_repository", methods=["DELETE"])
 async def delete_repository(request: Request, repo: str) -> HTTPResponse:
     await request.app.ctx.container.delete_repository()(name(repo))
-    return HTTPResponse(status=202, headers={"Content-Length": "0"})
+    return Response(status=202, headers={"Content-Length": "0"})

@@ -3,11 +3,13 @@ from __future__ import annotations
 import orjson
 from sanic import Blueprint, HTTPResponse, Request
 
+from .responses import Response
+
 bp = Blueprint("health")
 
 
 def _json(body: dict, status: int = 200) -> HTTPResponse:
-    return HTTPResponse(orjson.dumps(body), status=status, content_type="application/json")
+    return Response(orjson.dumps(body), status=status, content_type="application/json")
 
 
 @bp.route("/health/live", methods=["GET", "HEAD"])

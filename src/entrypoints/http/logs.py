@@ -23,6 +23,7 @@ from sanic import HTTPResponse, Request
 
 from . import metrics
 from .protocol import arrival
+from .responses import Response
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -307,8 +308,11 @@ def on_response(request: Request, response: HTTPResponse) -> None:
         begin(request)
         rid = ctx.request_id
     headers = response.headers
-    headers["X-Request-ID"] = rid
-    headers["Docker-Distribution-API-Version"] = "registry/2.0"
+    if type(response) is Response:
+        response.request_id = rid  # its headers add these as bytes
+    else:  # a response made by Sanic or a library
+        headers["X-Request-ID"] = rid
+        headers["Docker-Distribution-API-Version"] = "registry/2.0"
     if not getattr(ctx, "streaming", False):
         length = headers.get("content-length")
         finish(request, response.status, int(length) if length else len(response.body or b""))

@@ -45,6 +45,8 @@ from sanic import Blueprint, HTTPResponse, Request, Sanic
 
 from domain.errors import CollectionRunning, StorageFailure
 
+from .responses import Response
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 bp = Blueprint("metrics")
 
@@ -366,7 +368,7 @@ async def scrape(request: Request) -> HTTPResponse:
 
     flush_pending(end_of_turn=False)  # requests answered earlier in this turn of the loop count too
     body = exposition()
-    return HTTPResponse(body, headers={"X-Scrape-Seconds": f"{time.perf_counter() - started:.4f}"},
+    return Response(body, headers={"X-Scrape-Seconds": f"{time.perf_counter() - started:.4f}"},
                         content_type=CONTENT_TYPE_LATEST)
 
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from sanic import HTTPResponse, Request
-from sanic.helpers import has_message_body
 
 from domain.digest import Digest
 from domain.errors import BlobUploadInvalid, DigestInvalid, ManifestUnknown, SizeInvalid, TagInvalid
@@ -16,44 +15,8 @@ from domain.names import Reference, RepositoryName, parse_reference
 from domain.usecases.read_blob import ByteRange
 
 from .logs import finish
+from .responses import Response
 from .sendfile import abandon_response, can_sendfile, file_region, send_region
-
-try:
-    from sanic.response.types import HEADER_TRANSLATION_TABLE as _HEADER_TABLE
-except ImportError:  # a Sanic without it: the same table (it drops CR, LF and NUL)
-    _HEADER_TABLE = str.maketrans("", "", "\r\n\x00")
-
-
-class Response(HTTPResponse):
-    """Sanic's HTTPResponse with its header encoding made cheap. Sanic passes every header name and
-    value through str.translate to drop CR, LF and NUL (about 0.4 us each even when there is nothing
-    to drop, then a method call per string): with a manifest's seven or eight headers, measured as a
-    quarter of a small request's CPU time. Here the same table is applied only to a string that holds
-    one of those characters, in one pass, so the bytes sent are the same (tests/unit/test_hot_path.py
-    compares the two)."""
-
-    __slots__ = ()
-
-    @staticmethod
-    def _sanitize_header_value(value: str) -> str:
-        if "\r" in value or "\n" in value or "\x00" in value:
-            return value.translate(_HEADER_TABLE)
-        return value
-
-    @property
-    def processed_headers(self) -> list[tuple[bytes, bytes]]:
-        if has_message_body(self.status):
-            self.headers.setdefault("content-type", self.content_type)
-        pairs = []
-        for name, value in self.headers.items():
-            value = f"{value}"
-            if "\r" in name or "\n" in name or "\x00" in name:
-                name = name.translate(_HEADER_TABLE)
-            if "\r" in value or "\n" in value or "\x00" in value:
-                value = value.translate(_HEADER_TABLE)
-            pairs.append((name.encode("ascii"), value.encode(errors="surrogateescape")))
-        return pairs
-
 
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")

@@ -6,6 +6,7 @@ from domain.digest import Digest
 from domain.manifest import OCI_INDEX
 
 from .params import name
+from .responses import Response
 
 bp = Blueprint("referrers")
 
@@ -15,4 +16,4 @@ async def list_referrers(request: Request, repo: str, digest: str) -> HTTPRespon
     artifact_type = request.args.get("artifactType") or None
     body = await request.app.ctx.container.list_referrers()(name(repo), Digest.parse(digest), artifact_type)
     headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
-    return HTTPResponse(body, content_type=OCI_INDEX, headers=headers)
+    return Response(body, content_type=OCI_INDEX, headers=headers)

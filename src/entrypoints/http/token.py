@@ -22,6 +22,7 @@ from domain.ports import IssuedToken
 
 from .auth import NO_CREDENTIALS, client_address, credentials, decode_basic
 from .errors import error_response
+from .responses import Response
 
 bp = Blueprint("token")
 MAX_FORM_BYTES = 64 * 1024
@@ -42,7 +43,7 @@ def _answer(token: IssuedToken, oauth: bool, scope: str | None = None) -> HTTPRe
         body["token"] = token.token
     if token.refresh_token:
         body["refresh_token"] = token.refresh_token
-    return HTTPResponse(orjson.dumps(body), content_type="application/json",
+    return Response(orjson.dumps(body), content_type="application/json",
                         headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
