@@ -24,10 +24,16 @@ def test_no_credential_is_logged(tmp_path):
             c.get("/v2/_catalog", params={"access_token": JWT, "password": "hunter2-secret", "n": "5"})
             c.get(f"/v2/app/manifests/{JWT}")  # a token where a tag goes: 404, and logged without it
             c.get(f"/v2/{JWT}/tags/list", params={"refresh_token": "opaque-refresh-secret"})  # 400: not a name
+            c.get("/v2/app/manifests/BEARER%20opaque-upper-case-secret")  # 404, logged without it
+            # An X-Request-ID shaped like a token is neither logged nor echoed: the server makes its own.
+            r = c.get("/v2/", headers={"X-Request-ID": JWT})
+            assert r.headers["X-Request-ID"] != JWT and len(r.headers["X-Request-ID"]) == 32
+            for method in ("PROPFIND", JWT):  # odd methods: answered 405, logged without the token
+                c.request(method, "/v2/")
     finally:
         server.stop()
     log = server.log()
-    for secret in (JWT, BASIC, "hunter2-secret", "opaque-refresh-secret"):
+    for secret in (JWT, BASIC, "hunter2-secret", "opaque-refresh-secret", "opaque-upper-case-secret"):
         assert secret not in log, f"{secret[:12]}... is in the log"
     access = [orjson.loads(line) for line in log.splitlines() if '"message":"request"' in line]
     assert len(access) >= 7

@@ -238,6 +238,12 @@ def test_redact_hides_tokens_and_authorization_values(text):
     assert "[redacted]" in out
 
 
+@given(st.text(st.sampled_from("eyJjEYbBeEaArRuUtThHoOiIzZnN x/%-"), max_size=40))
+def test_the_cheap_secret_test_misses_nothing_the_pattern_finds(text):
+    if logs._MAY_HOLD_SECRET.search(text):
+        assert logs._may_hold_secret(text)
+
+
 def test_redact_leaves_ordinary_text_alone():
     for text in ("send Basic credentials (user:password), or none for an anonymous token",
                  "GET /v2/app/manifests/latest failed: storage failed while reading", "bearer tokens expire"):
