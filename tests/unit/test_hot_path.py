@@ -272,6 +272,7 @@ def test_mmapped_metrics_add_up_as_prometheus_client_counts():
         from prometheus_client import CollectorRegistry, generate_latest, multiprocess as mp
 
         def scrape():
+            metrics.publish()
             registry = CollectorRegistry()
             mp.MultiProcessCollector(registry, path)
             return generate_latest(registry).decode()

@@ -250,6 +250,7 @@ def _write(batch: tuple) -> None:
         metrics.observe(request, status, nbytes, elapsed)
         if logging_on:
             lines.append(_access_line(request, status, nbytes, elapsed, epoch))
+    metrics.publish()
     if not lines:
         return
     fd = _stdout_fileno()

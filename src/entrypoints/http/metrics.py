@@ -147,6 +147,7 @@ _generation = 0  # counts forks: a forked worker has mmapped files of its own
 def _forked() -> None:
     global _generation
     _generation += 1
+    _dirty.clear()  # the parent's values: this process's files start from nothing
     if _M is not None:
         _M.series.clear()  # made again, for this process's files, at first use
 
@@ -185,9 +186,9 @@ def _mmapped_record(requests: Any, duration: Any, out: Any, received: Any) -> _R
     """In multiprocess mode, a cheaper equivalent of `_plain_record`: prometheus-client's inc takes a
     lock, checks for a fork, then finds the value's slot in its process's mmapped file by key, and
     Counter.inc and Histogram.observe check their argument and walk the buckets first, on every call
-    (5-6.5 us a request, measured). Here each value's slot is found once, and a request writes its four
-    or five values the way prometheus-client writes one (value and timestamp 0, one slice assignment,
-    and the value kept on the object, which prometheus-client reads back). Only the event loop's thread
+    (5-6.5 us a request, measured). Here each value's slot is found once; a request adds to the values
+    kept on the objects (which prometheus-client reads back) and marks them changed, and `publish`
+    writes the changed ones to the file after each batch of requests. Only the event loop's thread
     records requests, and a fork makes the series anew (`_forked`). None when this prometheus-client
     does not look like that (no mmapped values, no slots): then its public API."""
     try:
@@ -198,35 +199,47 @@ def _mmapped_record(requests: Any, duration: Any, out: Any, received: Any) -> _R
         return None
     if None in slots or None in buckets or len(buckets) != len(bounds):
         return None
-    (count_v, count_f, count_p), (sum_v, sum_f, sum_p), (out_v, out_f, out_p), (in_v, in_f, in_p) = slots
+    count_v, sum_v, out_v, in_v = (slot[0] for slot in slots)
     generation = _generation
     fallback = _plain_record(requests, duration, out, received)
+
+    count, total, out_slot, in_slot = slots
+    dirty = _dirty
 
     def record(seconds: float, nbytes: int, length: int) -> None:
         if generation != _generation:
             fallback(seconds, nbytes, length)
             return
-        # file._m each time: the mapping is replaced when the file grows
-        total = count_v._value + 1.0
-        count_v._value = total
-        count_f._m[count_p:count_p + 16] = _pack_two_doubles(total, 0.0)
-        total = sum_v._value + seconds
-        sum_v._value = total
-        sum_f._m[sum_p:sum_p + 16] = _pack_two_doubles(total, 0.0)
-        bucket_v, bucket_f, bucket_p = buckets[bisect_left(bounds, seconds)]  # the first bound >= seconds
-        total = bucket_v._value + 1.0
-        bucket_v._value = total
-        bucket_f._m[bucket_p:bucket_p + 16] = _pack_two_doubles(total, 0.0)
+        count_v._value += 1.0
+        dirty[count_v] = count
+        sum_v._value += seconds
+        dirty[sum_v] = total
+        bucket = buckets[bisect_left(bounds, seconds)]  # the first bound >= seconds
+        bucket[0]._value += 1.0
+        dirty[bucket[0]] = bucket
         if nbytes:
-            total = out_v._value + nbytes
-            out_v._value = total
-            out_f._m[out_p:out_p + 16] = _pack_two_doubles(total, 0.0)
+            out_v._value += nbytes
+            dirty[out_v] = out_slot
         if length:
-            total = in_v._value + length
-            in_v._value = total
-            in_f._m[in_p:in_p + 16] = _pack_two_doubles(total, 0.0)
+            in_v._value += length
+            dirty[in_v] = in_slot
 
     return record
+
+
+# Values changed by `record` since the last `publish`: value -> (value, its mmapped file, position).
+_dirty: dict[Any, tuple[Any, Any, int]] = {}
+
+
+def publish() -> None:
+    """Write the values requests changed into this process's mmapped files, where a scrape (by any
+    worker) reads them: once per batch of requests (logs.finish), not once per request. Written as
+    prometheus-client writes a value: the value, then a timestamp 0, in one slice assignment; the
+    file's mapping is read each time (it is replaced when the file grows)."""
+    if _dirty:
+        for value, file, pos in _dirty.values():
+            file._m[pos:pos + 16] = _pack_two_doubles(value._value, 0.0)
+        _dirty.clear()
 
 
 _M: _Metrics | None = None
