@@ -6,6 +6,7 @@ half sent is ever stored."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -243,6 +244,34 @@ def test_a_tls_hello_gets_a_plain_http_answer(server):
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
     assert b"plain HTTP" in answer and time.monotonic() - started < 2
     assert httpx.get(f"{server.url}/v2/", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("url", [b"%", b"xxxxxxxxxx", b"?a=1", b"http://x:port/", b"http://["])
+def test_a_url_that_does_not_parse_gets_a_400_with_its_own_id(server, url):
+    """A request line whose URL no request can have (no leading slash, a bad port): Sanic could not
+    make even the stand-in request it answers errors with, so the client got no answer, and a
+    traceback went to the log under the id of the request before it on the connection."""
+    n = url.hex()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Request-ID: before-bad-url-" + n.encode() + b"\r\n\r\n")
+        status, headers, _ = _parse(sock.recv(65536), sock)
+        assert status == 200
+        sock.sendall(b"GET " + url + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data and (piece := sock.recv(65536)):
+            data += piece
+        assert data, "no answer"
+        status, headers, body = _parse(data, sock)
+    assert_clean_refusal(status, headers, body, url)
+    assert status == 400 and headers["docker-distribution-api-version"] == "registry/2.0"
+    rid = headers["x-request-id"]
+    deadline = time.monotonic() + 5
+    while f'"request_id":"{rid}"' not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    assert [r["status"] for r in lines if r["request_id"] == rid and r["message"] == "request"] == [400]
+    before = [r["message"] for r in lines if r["request_id"] == f"before-bad-url-{n}"]
+    assert before == ["request"]  # its own access line, and nothing of the next request
 
 
 def test_server_is_still_whole(server):

@@ -4,6 +4,7 @@ log for what went wrong, so what went right must not be there."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ import time
 
 import httpx
 import orjson
+import pytest
 
 from tests.support import (
     OCI_MANIFEST,
@@ -116,6 +118,49 @@ def test_duration_counts_from_the_request_s_first_byte(tmp_path):
     assert durations["slow"] >= 500 and durations["fast"] < 300, durations
 
 
+@pytest.mark.parametrize("storage", ["filesystem", "memory"])
+def test_a_request_the_client_abandons_is_logged_as_499_timed_and_not_waited_for(tmp_path, storage):
+    """A request whose client hangs up is logged as 499, with the time it lasted: an upload cut in the
+    middle of its body, a download cut in the middle of the blob, sent with sendfile (a local file) or
+    piece by piece (memory here; TLS does the same), where the hang-up cancels the request and it was
+    logged as a 200. Its connection is gone by then, and what it was timed from went with it: the
+    line said 0 ms. And nothing waits for the rest of the cut upload's body: its connection's task
+    waited for ever (a task and its buffers kept per abandoned upload, until asyncio said at the stop
+    that it destroyed it pending)."""
+    import socket
+
+    server = start_server(str(tmp_path / "data"), str(tmp_path / "server.log"), REGISTRY_WORKERS="1",
+                          REGISTRY_FSYNC="false", REGISTRY_STORAGE=storage)
+    linger = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # close with a reset, as a killed client does
+    try:
+        blob = os.urandom(32 << 20)
+        assert httpx.post(f"{server.url}/v2/app/blobs/uploads/", params={"digest": sha256(blob)}, content=blob,
+                          timeout=60).status_code == 201
+        location = httpx.post(f"{server.url}/v2/app/blobs/uploads/").headers["Location"]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nX-Request-ID: cut-upload\r\n"
+                      "Content-Length: 100000\r\n\r\n".encode() + b"x" * 1000)
+            time.sleep(0.5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(f"GET /v2/app/blobs/{sha256(blob)} HTTP/1.1\r\nHost: x\r\nX-Request-ID: cut-download\r\n"
+                      "\r\n".encode())
+            assert s.recv(100).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        deadline = time.monotonic() + 5
+        while server.log().count('"status":499') < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    lines = [orjson.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    durations = {r["request_id"]: r["duration_ms"] for r in lines if r.get("status") == 499}
+    assert set(durations) == {"cut-upload", "cut-download"}, durations
+    assert all(ms >= 400 for ms in durations.values()), durations
+    assert "Task was destroyed but it is pending" not in server.log()
+
+
 def access_lines(chunks: list[bytes]) -> dict[str, list[int]]:
     """The statuses logged for each request id `burst-*`, from the complete lines read so far."""
     seen: dict[str, list[int]] = {}
@@ -180,3 +225,33 @@ def test_every_request_gets_one_whole_access_line_when_workers_answer_in_bursts(
     missing = sorted(set(expected) - set(seen))
     assert missing == [], f"{len(missing)} requests have no access line, e.g. {missing[:5]}"
     assert {rid: statuses for rid, statuses in seen.items() if statuses != [expected[rid]]} == {}
+
+
+def test_a_download_failing_before_its_first_byte_is_logged_with_the_status_sent(tmp_path):
+    """A blob whose file cannot be read (here a directory where the file should be; a blob removed
+    under the download, an I/O error) fails after the streamed answer is connected but before any of
+    it went out: the client gets the error answer, and the access line and the metrics say so, not the
+    200 that never left."""
+    server = start_server(str(tmp_path / "data"), str(tmp_path / "server.log"), REGISTRY_WORKERS="1",
+                          REGISTRY_FSYNC="false")
+    try:
+        blob = os.urandom(1000)
+        assert httpx.post(f"{server.url}/v2/app/blobs/uploads/", params={"digest": sha256(blob)},
+                          content=blob).status_code == 201
+        hexdigest = sha256(blob)[7:]
+        data = os.path.join(server.storage_root, "docker", "registry", "v2", "blobs", "sha256", hexdigest[:2],
+                            hexdigest, "data")
+        os.remove(data)
+        os.mkdir(data)
+        r = httpx.get(f"{server.url}/v2/app/blobs/{sha256(blob)}", headers={"X-Request-ID": "unreadable-blob"})
+        assert r.status_code >= 500, r.text
+        assert r.headers["X-Request-ID"] == "unreadable-blob"
+        assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        metrics = httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.stop()
+    lines = [orjson.loads(line) for line in server.log().splitlines()]
+    statuses = [a["status"] for a in lines if a.get("message") == "request" and a["request_id"] == "unreadable-blob"]
+    assert statuses == [r.status_code]
+    blob_gets = re.findall(r'registry_http_requests_total\{method="GET",route="blob",status="(\d+)"\} (\S+)', metrics)
+    assert blob_gets == [(str(r.status_code), "1.0")]

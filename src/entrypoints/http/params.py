@@ -15,6 +15,7 @@ from domain.names import Reference, RepositoryName, parse_reference
 from domain.usecases.read_blob import ByteRange
 
 from .logs import finish
+from .protocol import nothing_sent
 from .responses import Response
 from .sendfile import abandon_response, can_sendfile, file_region, send_region
 
@@ -156,7 +157,7 @@ async def send_stream(request: Request, status: int, headers: dict[str, str], co
         except OSError:
             f = None
     response = await request.respond(Response(status=status, headers=headers, content_type=content_type))
-    logged = status
+    logged: int | None = status
     try:
         if f is not None:
             with f:
@@ -171,5 +172,18 @@ async def send_stream(request: Request, status: int, headers: dict[str, str], co
         # sent. Logged as 499, like a request cancelled before its answer.
         logged = 499
         abandon_response(request)
+    except Exception:
+        if nothing_sent(request):
+            # Nothing of this answer went out (the stream failed before its first byte: a blob file gone
+            # or unreadable): Sanic's error answer replaces it, and is logged as any answer is.
+            request.ctx.streaming = False
+            logged = None
+        raise
+    except BaseException:  # cancelled: sent piece by piece (TLS, no local file), a hang-up shows up so
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            logged = 499
+        raise
     finally:
-        finish(request, logged, sent)
+        if logged is not None:
+            finish(request, logged, sent)

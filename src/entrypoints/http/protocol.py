@@ -89,11 +89,18 @@ class RegistryHttp(Http):
         """To answer a request it could not parse, Sanic builds a stand-in request from the same URL.
         With a control byte (a NUL, say) in that URL the stand-in fails too, and the client got no
         answer at all. The stand-in gets the URL with such bytes percent-escaped (Sanic itself escapes
-        the non-ASCII ones), so the client gets the 400 it deserves. Done here rather than in a Request
-        subclass's __init__, which every request paid for (about 4 us measured)."""
+        the non-ASCII ones), so the client gets the 400 it deserves. A URL no request can have whatever
+        its bytes (`GET % HTTP/1.1`, `http://x:port/`) failed the same way, with a traceback logged under
+        the previous request's id: its stand-in gets `*`, as a request line that did not parse at all.
+        Done here rather than in a Request subclass's __init__, which every request paid for (about 4 us
+        measured)."""
         if self.url and _UNSAFE_URL_CHARS.search(self.url):
             self.url = _UNSAFE_URL_CHARS.sub(lambda m: f"%{ord(m.group()):02X}", self.url)
-        super().create_empty_request()
+        try:
+            super().create_empty_request()
+        except BadRequest:  # Sanic's BadURL: the URL does not parse
+            self.url = None
+            super().create_empty_request()
 
     on_respond: Callable[[Request, object], None] | None = None
 
@@ -115,6 +122,7 @@ class RegistryHttp(Http):
         transport = getattr(self.protocol, "transport", None)
         if isinstance(exception, RequestCancelled) and (transport is None or transport.is_closing()):
             self.keep_alive = False
+            self.request_body = None  # the rest of an upload's body will never come: not waited for
             if self.request is not None:
                 from .logs import finish  # logs imports this module
 
@@ -174,12 +182,20 @@ _PLAIN_HTTP_ONLY = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; char
                     b"Content-Length: %d\r\n\r\n%b" % (len(_PLAIN_HTTP_ONLY_BODY), _PLAIN_HTTP_ONLY_BODY))
 
 
+def nothing_sent(request) -> bool:
+    """Whether none of the request's answer has gone out yet (its stream is still in the handler's
+    stage): an error now can still be answered with an error response of its own."""
+    return getattr(request.stream, "stage", None) is Stage.HANDLER
+
+
 def arrival(request) -> float | None:
     """When the request's first bytes were read (time.perf_counter), if this protocol served it: a
-    request that waited behind a busy event loop is timed from then, not from its handler's start."""
+    request that waited behind a busy event loop is timed from then, not from its handler's start.
+    Asked of the request's stream (Sanic's Http), which keeps its protocol: a transport whose client
+    hung up no longer knows it (uvloop), and the request would be logged as lasting 0 ms."""
     try:
-        return request.transport.get_protocol()._arrived
-    except AttributeError:  # no transport, or another protocol
+        return request.stream.protocol._arrived
+    except AttributeError:  # no stream (any more), or another protocol
         return None
 
 
