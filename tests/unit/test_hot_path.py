@@ -379,3 +379,17 @@ def test_access_lines_of_one_loop_turn_are_written_together_and_in_order(tmp_pat
     finally:
         logger.removeHandler(handler)
         out.close()
+
+
+@given(path=st.text(max_size=60), user=st.none() | st.text(max_size=20), status=st.integers(100, 599),
+       nbytes=st.none() | st.integers(0, 1 << 40), elapsed=st.floats(0, 1e5),
+       epoch=st.floats(1e9, 4e9), rid=st.from_regex(r"[A-Za-z0-9._:@/+=-]{1,40}", fullmatch=True),
+       method=st.sampled_from(["GET", "HEAD", "PUT", "PATCH"]))
+def test_the_access_line_template_says_what_the_general_line_says(path, user, status, nbytes, elapsed, epoch,
+                                                                   rid, method):
+    request = _Request(rid, path)
+    request.method, request.ctx.user = method, user
+    fast = logs._access_line(request, status, nbytes, elapsed, epoch)
+    general = logs._access_line_of_any(request, status, nbytes, elapsed, epoch, False)
+    assert fast.endswith(b"\n") and fast.count(b"\n") == 1
+    assert orjson.loads(fast) == orjson.loads(general)

@@ -280,13 +280,39 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
+# The access line of an ordinary request (no query, no refused login, a usual method, no proxy), as
+# `_access_line_of_any` makes it, from a template: a third of the cost (tests/unit/test_hot_path.py
+# compares the two). Only the path and the user are a client's text, and orjson escapes them.
+_LINE = (b'{"time":"%b.%03dZ","level":"INFO","logger":"myregistry.access","pid":%d,"request_id":"%b",'
+         b'"message":"request","method":"%b","path":%b,"status":%d,"bytes":%b,"duration_ms":%.3f,'
+         b'"remote":"%b","user":%b}\n')
+
+
 def _access_line(request: Request, status: int, nbytes: int | None, elapsed: float, epoch: float) -> bytes:
     ctx = request.ctx
-    second = int(epoch)
     app = request.app
     proxied = getattr(app.ctx, "logs_proxied", None)
     if proxied is None:
         proxied = _proxied(app)
+    method, path, user = request.method, request.path, getattr(ctx, "user", None)
+    if (proxied or method not in _PLAIN_METHODS or request.query_string
+            or getattr(ctx, "login_failed", None) is not None):
+        return _access_line_of_any(request, status, nbytes, elapsed, epoch, proxied)
+    second = int(epoch)
+    data = _LINE % ((_stamp_prefix if second == _stamp_second else _stamp_of(second)).encode(),
+                    int(epoch % 1 * 1000), _pid, getattr(ctx, "request_id", "-").encode(), method.encode(),
+                    orjson.dumps(path), status, b"null" if nbytes is None else b"%d" % nbytes, elapsed * 1000,
+                    request.ip.encode(), b"null" if user is None else orjson.dumps(user))
+    if _may_hold_secret(path) or (user is not None and _may_hold_secret(user)):
+        data = _redact_bytes(data)
+    return data
+
+
+def _access_line_of_any(request: Request, status: int, nbytes: int | None, elapsed: float, epoch: float,
+                        proxied: bool) -> bytes:
+    """The access line of any request, made as a dict and dumped by orjson."""
+    ctx = request.ctx
+    second = int(epoch)
     method, path, user = request.method, request.path, getattr(ctx, "user", None)
     line = {"time": f"{_stamp_prefix if second == _stamp_second else _stamp_of(second)}."
                     f"{int(epoch % 1 * 1000):03d}Z",
