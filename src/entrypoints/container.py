@@ -22,6 +22,7 @@ from domain.access import AccessRules
 from domain.usecases._common import HasherCache, Limits
 from domain.usecases.append_upload import AppendUpload
 from domain.usecases.cancel_upload import CancelUpload
+from domain.usecases.check_readiness import CheckReadiness
 from domain.usecases.collect_garbage import CollectGarbage
 from domain.usecases.complete_upload import CompleteUpload
 from domain.usecases.delete_blob import DeleteBlob
@@ -39,6 +40,7 @@ from domain.usecases.mount_blob import MountBlob
 from domain.usecases.purge_uploads import PurgeUploads
 from domain.usecases.put_manifest import PutManifest
 from domain.usecases.read_blob import ReadBlob
+from domain.usecases.refresh_catalog import RefreshCatalog
 from domain.usecases.start_upload import StartUpload
 from domain.usecases.stat_blob import StatBlob
 from domain.usecases.upload_blob import UploadBlob
@@ -143,6 +145,8 @@ class Container(containers.DeclarativeContainer):
     collect_garbage = providers.Singleton(CollectGarbage, adapters.blobs, adapters.repos, adapters.locks, clock,
                                           config.gc_grace_seconds, purge_uploads)
     import_image = providers.Singleton(ImportImage, adapters.blobs, adapters.repos, upload_blob, put_manifest)
+    check_readiness = providers.Singleton(CheckReadiness, adapters.blobs)
+    refresh_catalog = providers.Singleton(RefreshCatalog, adapters.repos)
 
     access_rules = providers.Singleton(_rules, config.auth, config.auth_rules)
     passwords = providers.Singleton(_passwords, config.auth_htpasswd)

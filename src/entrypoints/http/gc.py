@@ -38,8 +38,8 @@ async def _collect(request: Request, repo: str | None) -> HTTPResponse:
         report = await gc_jobs.collect(ctx.container, ctx.settings, repository, dry_run=dry_run,
                                        delete_untagged=delete_untagged)
         return _json(report)
-    job = await gc_jobs.start_job(ctx.container, ctx.settings, ctx.container.adapters.jobs(), repository,
-                                  dry_run=dry_run, delete_untagged=delete_untagged)
+    job = await gc_jobs.start_job(ctx.container, ctx.settings, repository, dry_run=dry_run,
+                                  delete_untagged=delete_untagged)
     return _json(gc_jobs.job_view(job), 202, {"Location": f"/v2/_gc/jobs/{job.id}"})
 
 
@@ -50,7 +50,7 @@ async def collect_all(request: Request) -> HTTPResponse:
 
 @bp.route("/v2/_gc/jobs/<job_id>", methods=["GET"])
 async def job_state(request: Request, job_id: str) -> HTTPResponse:
-    job = await request.app.ctx.container.adapters.jobs().load(job_id) if is_job_id(job_id) else None
+    job = await gc_jobs.load(request.app.ctx.container, job_id) if is_job_id(job_id) else None
     if job is None:
         return error_response(404, "JOB_UNKNOWN", f"no garbage collection job {job_id[:64]!r} (only recent jobs "
                                                   "are kept)", {"job": job_id[:64]})

@@ -99,11 +99,17 @@ def _error(err: BaseException) -> dict[str, Any]:
     return {"code": "UNKNOWN", "message": f"the collection failed: {err}"}
 
 
-async def start_job(container: Container, settings: Settings, jobs: GcJobs, repository: RepositoryName | None,
+async def load(container: Container, job_id: str) -> GcJob | None:
+    """A job's record, while it is kept."""
+    return await container.adapters.jobs().load(job_id)
+
+
+async def start_job(container: Container, settings: Settings, repository: RepositoryName | None,
                     *, dry_run: bool, delete_untagged: bool) -> GcJob:
     """Start a collection and return its job once the collection holds the collector lock (its first
     progress report) or has ended. An error before it began (a collection already running, say) is
     raised here, for the request to answer as a waiting one would."""
+    jobs: GcJobs = container.adapters.jobs()
     now = time.time()
     job = GcJob(uuid.uuid4().hex, started_at=now, updated_at=now)
     began = asyncio.Event()

@@ -21,7 +21,7 @@ async def live(request: Request) -> HTTPResponse:
 @bp.route("/health", methods=["GET", "HEAD"], name="health")
 async def ready(request: Request) -> HTTPResponse:
     try:
-        await request.app.ctx.container.adapters.blobs().check_writable()
+        await request.app.ctx.container.check_readiness()()
     except Exception as err:  # any failure means "not ready", and says why
         return _json({"status": "unavailable", "checks": {"storage": f"not writable: {err}"}}, 503)
     return _json({"status": "ok", "checks": {"storage": "writable"}})

@@ -38,7 +38,7 @@ def schedule(app: Sanic, settings: Settings) -> None:
     async def _start(app: Sanic) -> None:
         container = app.ctx.container
         # Reconcile the catalog index now, in the background, rather than on the first catalog request.
-        app.add_task(container.adapters.repos().refresh_catalog(), name="catalog-index")
+        app.add_task(container.refresh_catalog()(), name="catalog-index")
         if settings.gc_interval > 0:
             async def collect() -> None:
                 report = await gc_jobs.collect(container, settings, None, dry_run=False, delete_untagged=False)
