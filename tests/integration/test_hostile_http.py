@@ -269,7 +269,8 @@ def test_a_url_that_does_not_parse_gets_a_400_with_its_own_id(server, url):
     while f'"request_id":"{rid}"' not in server.log() and time.monotonic() < deadline:
         time.sleep(0.02)
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    assert [r["status"] for r in lines if r["request_id"] == rid and r["message"] == "request"] == [400]
+    assert [(r["status"], r["remote"]) for r in lines
+            if r["request_id"] == rid and r["message"] == "request"] == [(400, "127.0.0.1")]
     before = [r["message"] for r in lines if r["request_id"] == f"before-bad-url-{n}"]
     assert before == ["request"]  # its own access line, and nothing of the next request
 

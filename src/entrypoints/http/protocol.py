@@ -101,6 +101,8 @@ class RegistryHttp(Http):
         except BadRequest:  # Sanic's BadURL: the URL does not parse
             self.url = None
             super().create_empty_request()
+        if self.request is not None and self.request.conn_info is None:
+            self.request.conn_info = self.protocol.conn_info  # the access line names who sent it
 
     on_respond: Callable[[Request, object], None] | None = None
 
