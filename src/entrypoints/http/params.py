@@ -167,10 +167,11 @@ async def send_stream(request: Request, status: int, headers: dict[str, str], co
                 await response.send(chunk)
                 sent += len(chunk)
         await response.eof()
-    except ConnectionError:
+    except ConnectionError as err:
         # The client hung up mid-body (a cancelled pull): nothing is wrong here and nothing more can be
         # sent. Logged as 499, like a request cancelled before its answer.
         logged = 499
+        sent = getattr(err, "bytes_sent", sent)
         abandon_response(request)
     except Exception:
         if nothing_sent(request):

@@ -64,7 +64,7 @@ def can_sendfile(request: Request) -> bool:
 
 async def send_region(request: Request, response: ResponseStream, fd: int, offset: int, length: int) -> int:
     """Send `length` bytes of file `fd` from `offset` after the response's headers. Returns the bytes
-    sent; raises ConnectionError when the client goes away."""
+    sent; raises ConnectionError (its `bytes_sent` saying how many went) when the client goes away."""
     await response.send(b"")  # the status line and headers, through Sanic
     transport = request.transport
     while transport.get_write_buffer_size():  # what Sanic queued must leave first
@@ -89,6 +89,9 @@ async def send_region(request: Request, response: ResponseStream, fd: int, offse
                 protocol._time = time.monotonic()  # progress, as Sanic's own send records it (response timeout)
             if transport.is_closing():
                 raise ConnectionError("client went away")
+    except ConnectionError as err:
+        err.bytes_sent = sent  # for the access line: how much of the body went out
+        raise
     finally:
         os.close(sock)
         # Tell Sanic the body went out, so that it ends the response as a normal one.
