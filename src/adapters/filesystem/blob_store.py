@@ -7,11 +7,20 @@ import uuid
 from collections.abc import AsyncIterator
 
 from domain.digest import Digest
-from domain.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid
+from domain.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown
 from domain.names import RepositoryName
 from domain.ports import BlobInfo, BlobStore, UploadInfo
 
-from .files import fsync_dir, make_dirs, read_whole, remove_debris, remove_tree, storage_failure, write_atomic
+from .files import (
+    fsync_dir,
+    listdir,
+    make_dirs,
+    read_whole,
+    remove_debris,
+    remove_tree,
+    storage_failure,
+    write_atomic,
+)
 from .layout import Layout
 
 READ_CHUNK = 1 << 20
@@ -79,42 +88,28 @@ class FilesystemBlobStore(BlobStore):
         return BlobInfo(digest, st.st_size, st.st_mtime)
 
     async def all_blobs(self) -> AsyncIterator[BlobInfo]:
-        root = self.layout.blobs_root
-        for algorithm in _listdir(root):
-            for prefix in _listdir(os.path.join(root, algorithm)):
-                for hex_ in _listdir(os.path.join(root, algorithm, prefix)):
-                    try:
-                        digest = Digest.parse(f"{algorithm}:{hex_}")
-                    except DigestInvalid:
-                        continue
-                    info = await self.info(digest)
-                    if info is not None:
-                        yield info
+        for digest in self.layout.blob_digests():
+            info = await self.info(digest)
+            if info is not None:
+                yield info
 
     async def all_uploads(self) -> AsyncIterator[UploadInfo]:
-        root = self.layout.repositories_root
-        for path, dirs, _files in os.walk(root):
-            if "_uploads" in dirs:
-                name = RepositoryName(os.path.relpath(path, root).replace(os.sep, "/"))
-                uploads = os.path.join(path, "_uploads")
-                for upload_id in _listdir(uploads):
-                    data = os.path.join(uploads, upload_id, "data")
-                    try:
-                        modified = os.stat(data).st_mtime
-                    except FileNotFoundError:
-                        # A session without data is debris of an interrupted start: its dir's time will do.
-                        try:
-                            modified = os.stat(os.path.join(uploads, upload_id)).st_mtime
-                        except FileNotFoundError:
-                            continue
-                    yield UploadInfo(name, upload_id, modified)
-            dirs[:] = [d for d in dirs if not d.startswith("_")]
+        for repo, upload_id in self.layout.upload_sessions():
+            try:
+                modified = os.stat(self.layout.upload_data(repo, upload_id)).st_mtime
+            except FileNotFoundError:
+                # A session without data is debris of an interrupted start: its dir's time will do.
+                try:
+                    modified = os.stat(self.layout.upload_dir(repo, upload_id)).st_mtime
+                except FileNotFoundError:
+                    continue
+            yield UploadInfo(repo, upload_id, modified)
 
     async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
         return remove_debris(self.layout.blobs_root, self.layout.is_debris, older_than, dry_run)
 
     async def uploads(self, repo: RepositoryName) -> list[str]:
-        return _listdir(self.layout.uploads_dir(repo))
+        return listdir(self.layout.uploads_dir(repo))
 
     async def create_upload(self, repo: RepositoryName, upload_id: str, started_at: float) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at))
@@ -295,13 +290,6 @@ def _sync_file(path: str) -> None:
         os.fdatasync(fd)
     finally:
         os.close(fd)
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _unlink(path: str) -> bool:

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 
 from domain.digest import Digest
 from domain.errors import DigestInvalid, StorageFailure
@@ -61,6 +62,14 @@ def write_atomic(path: str, data: bytes, durable: bool = False) -> None:
         except OSError:
             pass
         raise storage_failure(e, f"writing {os.path.basename(path)}") from e
+
+
+def listdir(path: str) -> list[str]:
+    """The names in a directory; none when there is no such directory."""
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def write_link(path: str, digest: Digest, durable: bool = False) -> None:
@@ -145,27 +154,17 @@ def link_time(path: str, digest: Digest) -> float | None:
     return mtime if found == digest else None
 
 
-def link_times(base: str) -> dict[Digest, float]:
-    """Every `<base>/<alg>/<hex>/link` with its mtime."""
+def link_times(paths: Iterable[str]) -> dict[Digest, float]:
+    """Every link file among `paths` that names a digest, with its mtime."""
     found: dict[Digest, float] = {}
-    try:
-        algorithms = os.listdir(base)
-    except (FileNotFoundError, NotADirectoryError):
-        return found
-    for algorithm in algorithms:
-        try:
-            entries = os.listdir(os.path.join(base, algorithm))
-        except (FileNotFoundError, NotADirectoryError):
+    for path in paths:
+        digest = read_link(path)
+        if digest is None:
             continue
-        for hex_ in entries:
-            path = os.path.join(base, algorithm, hex_, "link")
-            digest = read_link(path)
-            if digest is None:
-                continue
-            try:
-                found[digest] = os.stat(path).st_mtime
-            except FileNotFoundError:
-                continue
+        try:
+            found[digest] = os.stat(path).st_mtime
+        except FileNotFoundError:
+            continue
     return found
 
 

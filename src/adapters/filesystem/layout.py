@@ -27,22 +27,32 @@ Distribution skips directories whose name starts with `_` when it walks a reposi
 is invisible to it. A directory is a repository when it holds `_layers` or `_manifests`.
 Every component comes from a validated value (RepositoryName, Tag, Digest, upload uuid); `_inside`
 checks the result anyway, so no request can name a path outside the root.
+
+The walks that read this layout back (blobs, upload sessions, repositories, `<alg>/<hex>/link` trees,
+catalog markers) live here too: no other module joins a path or spells a name of the layout.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from domain.digest import Digest
+from domain.errors import DigestInvalid
 from domain.names import RepositoryName, Tag
+
+from .files import listdir
 
 _SEP = os.sep
 _CACHED_REPOSITORIES = 4096
+_REPOSITORY_PARTS = ("_layers", "_manifests")  # a directory holding one of these is a repository
 
 
 class Layout:
     """Paths are joined with plain string formatting from validated components (os.path.join cost
     more than the file operation it named, on every request)."""
+
+    UPLOADS_NAME = "_uploads"  # a repository's upload sessions: the blob store's, not the repository store's
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
@@ -67,6 +77,19 @@ class Layout:
     def blob_data(self, digest: Digest) -> str:
         hex_ = digest.hex
         return self._inside(f"{self.blobs_root}{_SEP}{digest.algorithm}{_SEP}{hex_[:2]}{_SEP}{hex_}{_SEP}data")
+
+    def blob_digests(self) -> Iterator[Digest]:
+        """The digest of every `blobs/<alg>/<prefix>/<hex>` directory whose name makes a valid digest, in
+        directory order (its data file may be missing: see blob_data)."""
+        root = self.blobs_root
+        for algorithm in listdir(root):
+            for prefix in listdir(os.path.join(root, algorithm)):
+                for hex_ in listdir(os.path.join(root, algorithm, prefix)):
+                    try:
+                        digest = Digest.parse(f"{algorithm}:{hex_}")
+                    except DigestInvalid:
+                        continue
+                    yield digest
 
     # repositories
     def repository(self, repo: RepositoryName) -> str:
@@ -151,8 +174,29 @@ class Layout:
         return os.path.join(self.v2, "_myregistry", "catalog")
 
     def catalog_marker(self, repo: RepositoryName) -> str:
-        # `+` never appears in a repository name, so the mapping is reversible.
-        return os.path.join(self.catalog_dir(), repo.value.replace("/", "+"))
+        return self.catalog_marker_at(self.catalog_key(repo.value))
+
+    @staticmethod
+    def catalog_key(name: str) -> str:
+        """The name of a repository's marker file. `+` never appears in a repository name, so the
+        mapping is reversible (catalog_name)."""
+        return name.replace("/", "+")
+
+    @staticmethod
+    def catalog_name(key: str) -> str:
+        """The repository a marker file names."""
+        return key.replace("+", "/")
+
+    def catalog_marker_at(self, key: str) -> str:
+        return os.path.join(self.catalog_dir(), key)
+
+    def catalog_keys(self) -> list[str]:
+        """The marker files in the catalog index, in directory order (dot-names are not markers)."""
+        return [n for n in listdir(self.catalog_dir()) if not n.startswith(".")]
+
+    def catalog_names(self) -> list[str]:
+        """The repositories the catalog index holds, in directory order."""
+        return [self.catalog_name(key) for key in self.catalog_keys()]
 
     def catalog_complete(self) -> str:
         return os.path.join(self.catalog_dir(), ".complete")
@@ -182,8 +226,10 @@ class Layout:
         base = self.repository(repo)
         return [os.path.join(base, part) for part in ("_manifests", "_referrers", "_layers")]
 
-    def link_dirs(self, repository_path: str) -> list[str]:
-        """The `<alg>/<hex>/link` trees of a repository directory: manifest revisions and blob links."""
+    def link_dirs(self, name: str) -> list[str]:
+        """The `<alg>/<hex>/link` trees of the repository `name` (as repository_names gives it): manifest
+        revisions and blob links."""
+        repository_path = os.path.join(self.repositories_root, name)
         return [os.path.join(repository_path, "_manifests", "revisions"), os.path.join(repository_path, "_layers")]
 
     def probe_file(self) -> str:
@@ -191,3 +237,76 @@ class Layout:
 
     def is_repository(self, path: str) -> bool:
         return os.path.isdir(os.path.join(path, "_layers")) or os.path.isdir(os.path.join(path, "_manifests"))
+
+    def repository_names(self) -> list[str]:
+        """Every repository under the root (a directory holding `_layers` or `_manifests`), by name. One
+        scandir per directory; names starting with `_` are a repository's own data and never descended."""
+        root = self.repositories_root
+        found, pending = [], [root]
+        while pending:
+            path = pending.pop()
+            try:
+                entries = list(os.scandir(path))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if any(e.name in _REPOSITORY_PARTS for e in entries) and path != root:
+                found.append(os.path.relpath(path, root).replace(os.sep, "/"))
+            pending.extend(e.path for e in entries if not e.name.startswith("_") and e.is_dir(follow_symlinks=False))
+        return found
+
+    def upload_sessions(self) -> Iterator[tuple[RepositoryName, str]]:
+        """(repository, upload id) of every `<repository>/_uploads/<id>` under the root (upload_data and
+        upload_dir name its files); repositories' own `_` directories are not descended."""
+        root = self.repositories_root
+        for path, dirs, _files in os.walk(root):
+            if "_uploads" in dirs:
+                repo = RepositoryName(os.path.relpath(path, root).replace(os.sep, "/"))
+                for upload_id in listdir(os.path.join(path, "_uploads")):
+                    yield repo, upload_id
+            dirs[:] = [d for d in dirs if not d.startswith("_")]
+
+    def tag_names(self, repo: RepositoryName) -> list[str]:
+        """The repository's tags, in directory order: dot-names are tags being created or deleted (or
+        left so by a crash, see tag_scratch_dir), not tags."""
+        return [n for n in listdir(self.tags_dir(repo)) if not n.startswith(".")]
+
+    # `<alg>/<hex>/link` trees: layers_dir, revisions_dir, referrers_dir, and those of link_dirs
+    @staticmethod
+    def link_in(digest_dir: str) -> str:
+        """The link file of a `<alg>/<hex>` directory."""
+        return os.path.join(digest_dir, "link")
+
+    @staticmethod
+    def algorithm_dirs(base: str) -> Iterator[str]:
+        """Every `<base>/<alg>` of a link tree, in directory order."""
+        for algorithm in listdir(base):
+            yield os.path.join(base, algorithm)
+
+    @staticmethod
+    def digest_dirs(base: str) -> Iterator[str]:
+        """Every `<base>/<alg>/<hex>` of a link tree (each `<alg>` directory is listed whole before its
+        entries are yielded, so they may be removed meanwhile)."""
+        for algorithm_dir in Layout.algorithm_dirs(base):
+            for hex_ in listdir(algorithm_dir):
+                yield os.path.join(algorithm_dir, hex_)
+
+    @staticmethod
+    def link_files(base: str) -> Iterator[str]:
+        """Every `<base>/<alg>/<hex>/link` path of a link tree (the file itself may be missing)."""
+        for digest_dir in Layout.digest_dirs(base):
+            yield Layout.link_in(digest_dir)
+
+    @staticmethod
+    def holds_a_link(base: str) -> bool:
+        """Whether some `<base>/<alg>/<hex>/link` exists. scandir reads each directory as it goes: the
+        first link ends the search (listing all of them made each removal in a collection cost the
+        whole directory)."""
+        for algorithm_dir in Layout.algorithm_dirs(base):
+            try:
+                with os.scandir(algorithm_dir) as entries:
+                    for entry in entries:
+                        if os.path.exists(os.path.join(entry.path, "link")):
+                            return True
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return False

@@ -27,28 +27,12 @@ class FilesystemRepositoryStore(RepositoryStore):
         return self.layout.is_repository(self.layout.repository(repo))
 
     async def repositories(self) -> list[str]:
-        return sorted(self._walk())
-
-    def _walk(self) -> list[str]:
-        """Every repository under the root: a directory holding `_layers` or `_manifests`. One scandir
-        per directory; names starting with `_` are a repository's own data and never descended."""
-        root = self.layout.repositories_root
-        found, pending = [], [root]
-        while pending:
-            path = pending.pop()
-            try:
-                entries = list(os.scandir(path))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if any(e.name in ("_layers", "_manifests") for e in entries) and path != root:
-                found.append(os.path.relpath(path, root).replace(os.sep, "/"))
-            pending.extend(e.path for e in entries if not e.name.startswith("_") and e.is_dir(follow_symlinks=False))
-        return found
+        return sorted(self.layout.repository_names())
 
     async def catalog(self) -> list[str]:
         if not os.path.exists(self.layout.catalog_complete()):
             await self.refresh_catalog()
-        return sorted(n.replace("+", "/") for n in _listdir(self.layout.catalog_dir()) if not n.startswith("."))
+        return sorted(self.layout.catalog_names())
 
     async def refresh_catalog(self) -> None:
         """Walk the storage and reconcile the catalog index with it, in a thread: on a large storage the
@@ -56,35 +40,25 @@ class FilesystemRepositoryStore(RepositoryStore):
         await asyncio.to_thread(self._rebuild_catalog)
 
     def _rebuild_catalog(self) -> None:
-        directory = self.layout.catalog_dir()
-        os.makedirs(directory, exist_ok=True)
-        present = {n for n in _listdir(directory) if not n.startswith(".")}
-        wanted = {name.replace("/", "+") for name in self._walk() if self._has_manifests(RepositoryName(name))}
-        for marker in wanted - present:
-            _touch(os.path.join(directory, marker))
-        for marker in present - wanted:
+        layout = self.layout
+        os.makedirs(layout.catalog_dir(), exist_ok=True)
+        present = set(layout.catalog_keys())
+        wanted = {layout.catalog_key(name) for name in layout.repository_names()
+                  if self._has_manifests(RepositoryName(name))}
+        for key in wanted - present:
+            _touch(layout.catalog_marker_at(key))
+        for key in present - wanted:
             # re-checked: the repository may have gained a manifest since the walk
-            if not self._has_manifests(RepositoryName(marker.replace("+", "/"))):
-                _unlink(os.path.join(directory, marker))
-        _touch(self.layout.catalog_complete())
+            if not self._has_manifests(RepositoryName(layout.catalog_name(key))):
+                _unlink(layout.catalog_marker_at(key))
+        _touch(layout.catalog_complete())
 
     async def has_manifests(self, repo: RepositoryName) -> bool:
         return self._has_manifests(repo)
 
     def _has_manifests(self, repo: RepositoryName) -> bool:
         """A revision counts only with its link file: a crash can leave an empty revision directory."""
-        base = self.layout.revisions_dir(repo)
-        for algorithm in _listdir(base):
-            try:
-                # scandir reads the directory as it goes: the first linked revision ends the search
-                # (listing all of them made each removal in a collection cost the whole directory).
-                with os.scandir(os.path.join(base, algorithm)) as entries:
-                    for entry in entries:
-                        if os.path.exists(os.path.join(entry.path, "link")):
-                            return True
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-        return False
+        return self.layout.holds_a_link(self.layout.revisions_dir(repo))
 
     async def delete_repository(self, repo: RepositoryName) -> bool:
         existed = await self.exists(repo)
@@ -110,7 +84,7 @@ class FilesystemRepositoryStore(RepositoryStore):
         refresh_link(self.layout.layer_link(repo, digest), digest, self.durable)
 
     async def blob_links(self, repo: RepositoryName) -> dict[Digest, float]:
-        return link_times(self.layout.layers_dir(repo))
+        return link_times(self.layout.link_files(self.layout.layers_dir(repo)))
 
     async def blob_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return read_link(self.layout.layer_link(repo, digest)) == digest
@@ -118,26 +92,25 @@ class FilesystemRepositoryStore(RepositoryStore):
     async def purge_debris(self, older_than: float, dry_run: bool = False) -> int:
         # Upload sessions have their own purge.
         found = remove_debris(self.layout.repositories_root, self.layout.is_debris, older_than, dry_run,
-                              skip="_uploads")
+                              skip=self.layout.UPLOADS_NAME)
         return found + await asyncio.to_thread(self._purge_unlinked, older_than, dry_run)
 
     def _purge_unlinked(self, older_than: float, dry_run: bool) -> int:
         """Link directories without their link file (a crash between making the directory and writing
         the link, or between removing the link and the directory): they name nothing, so they go."""
         found = 0
-        for name in self._walk():
-            for base in self.layout.link_dirs(os.path.join(self.layout.repositories_root, name)):
-                for algorithm in _listdir(base):
-                    for hex_ in _listdir(os.path.join(base, algorithm)):
-                        path = os.path.join(base, algorithm, hex_)
-                        try:
-                            if os.path.exists(os.path.join(path, "link")) or os.stat(path).st_mtime >= older_than:
-                                continue
-                            if not dry_run:
-                                os.rmdir(path)
-                            found += 1
-                        except OSError:
-                            continue  # gone, or written to meanwhile
+        layout = self.layout
+        for name in layout.repository_names():
+            for base in layout.link_dirs(name):
+                for path in layout.digest_dirs(base):
+                    try:
+                        if os.path.exists(layout.link_in(path)) or os.stat(path).st_mtime >= older_than:
+                            continue
+                        if not dry_run:
+                            os.rmdir(path)
+                        found += 1
+                    except OSError:
+                        continue  # gone, or written to meanwhile
         return found
 
     async def blob_link_time(self, repo: RepositoryName, digest: Digest) -> float | None:
@@ -155,7 +128,7 @@ class FilesystemRepositoryStore(RepositoryStore):
             _touch(marker)
 
     async def manifest_links(self, repo: RepositoryName) -> dict[Digest, float]:
-        return link_times(self.layout.revisions_dir(repo))
+        return link_times(self.layout.link_files(self.layout.revisions_dir(repo)))
 
     async def manifest_linked(self, repo: RepositoryName, digest: Digest) -> bool:
         return read_link(self.layout.revision_link(repo, digest)) == digest
@@ -176,10 +149,9 @@ class FilesystemRepositoryStore(RepositoryStore):
         catalog refresh (at start, after each collection), which checks the links themselves. (Scanning
         here made a collection quadratic: removals in directory order leave ever more deleted entries
         before the first live one.)"""
-        base = self.layout.revisions_dir(repo)
-        for algorithm in _listdir(base):
+        for algorithm_dir in self.layout.algorithm_dirs(self.layout.revisions_dir(repo)):
             try:
-                links = os.stat(os.path.join(base, algorithm)).st_nlink
+                links = os.stat(algorithm_dir).st_nlink
             except OSError:
                 continue
             if links > 2:
@@ -221,35 +193,21 @@ class FilesystemRepositoryStore(RepositoryStore):
         return True
 
     async def tags(self, repo: RepositoryName) -> list[str]:
-        # Dot-names are tags being created or deleted (or left so by a crash): not tags.
-        return sorted(n for n in _listdir(self.layout.tags_dir(repo)) if not n.startswith("."))
+        return sorted(self.layout.tag_names(repo))
 
     async def add_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
         write_link(self.layout.referrer_link(repo, subject, referrer), referrer, self.durable)
 
     async def referrers(self, repo: RepositoryName, subject: Digest) -> list[Digest]:
-        base = self.layout.referrers_dir(repo, subject)
         found: list[Digest] = []
-        try:
-            algorithms = os.listdir(base)
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        for algorithm in algorithms:
-            for hex_ in _listdir(os.path.join(base, algorithm)):
-                digest = read_link(os.path.join(base, algorithm, hex_, "link"))
-                if digest is not None:
-                    found.append(digest)
+        for path in self.layout.link_files(self.layout.referrers_dir(repo, subject)):
+            digest = read_link(path)
+            if digest is not None:
+                found.append(digest)
         return sorted(found)
 
     async def remove_referrer(self, repo: RepositoryName, subject: Digest, referrer: Digest) -> None:
         remove_tree(os.path.dirname(self.layout.referrer_link(repo, subject, referrer)))
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _touch(path: str) -> None:
