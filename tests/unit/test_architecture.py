@@ -57,3 +57,10 @@ def test_handlers_reach_storage_only_through_use_cases():
             with open(os.path.join(http, name)) as f:
                 found += [f"{name}:{n}: {line.strip()}" for n, line in enumerate(f, 1) if ".adapters." in line]
     assert found == [], "adapters used outside a use-case:\n" + "\n".join(found)
+
+
+def test_the_domain_type_checks():
+    """mypy over src/domain (the code every adapter and entrypoint builds on): no errors."""
+    mypy = shutil.which("mypy") or os.path.join(os.path.dirname(sys.executable), "mypy")
+    result = subprocess.run([mypy], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

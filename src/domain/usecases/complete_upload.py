@@ -31,11 +31,12 @@ class CompleteUpload:
             if chunks is not None:
                 size = await self.append.append_locked(repo, upload_id, chunks, start)
             else:
-                size = await self.blobs.upload_size(repo, upload_id)
-                if size is None:
+                stored = await self.blobs.upload_size(repo, upload_id)
+                if stored is None:
                     raise BlobUploadUnknown(
                         f"upload {upload_id} is not open in {repo} (finished, cancelled or expired)",
                         detail={"upload": upload_id})
+                size = stored
             actual = await self._digest(repo, upload_id, size, digest.algorithm)
             if actual != digest:
                 await self.blobs.cancel_upload(repo, upload_id)

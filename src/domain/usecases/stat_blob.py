@@ -28,7 +28,7 @@ class StatBlob:
         if self.fresh_for > 0:
             linked = await self.repos.blob_link_time(repo, digest)
             info = await self.blobs.info(digest) if linked is not None else None
-            if info is not None and min(linked, info.last_used) >= self.clock() - self.fresh_for:
+            if linked is not None and info is not None and min(linked, info.last_used) >= self.clock() - self.fresh_for:
                 return info.size
         async with self.locks.shared():
             size = await self._size(repo, digest)
