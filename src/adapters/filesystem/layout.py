@@ -151,7 +151,7 @@ class Layout:
         return os.path.join(self.tags_dir(repo), f".{token}")
 
     def upload_dir(self, repo: RepositoryName, upload_id: str) -> str:
-        return os.path.join(self.repository(repo), "_uploads", upload_id)
+        return os.path.join(self.repository(repo), self.UPLOADS_NAME, upload_id)
 
     def upload_data(self, repo: RepositoryName, upload_id: str) -> str:
         return os.path.join(self.upload_dir(repo, upload_id), "data")
@@ -214,7 +214,7 @@ class Layout:
         return os.path.join(self.v2, "_myregistry", "locks", f"{name}.lock")
 
     def uploads_dir(self, repo: RepositoryName) -> str:
-        return os.path.join(self.repository(repo), "_uploads")
+        return os.path.join(self.repository(repo), self.UPLOADS_NAME)
 
     def revisions_dir(self, repo: RepositoryName) -> str:
         return os.path.join(self.manifests_dir(repo), "revisions")
@@ -259,9 +259,9 @@ class Layout:
         upload_dir name its files); repositories' own `_` directories are not descended."""
         root = self.repositories_root
         for path, dirs, _files in os.walk(root):
-            if "_uploads" in dirs:
+            if self.UPLOADS_NAME in dirs:
                 repo = RepositoryName(os.path.relpath(path, root).replace(os.sep, "/"))
-                for upload_id in listdir(os.path.join(path, "_uploads")):
+                for upload_id in listdir(os.path.join(path, self.UPLOADS_NAME)):
                     yield repo, upload_id
             dirs[:] = [d for d in dirs if not d.startswith("_")]
 
@@ -305,7 +305,7 @@ class Layout:
             try:
                 with os.scandir(algorithm_dir) as entries:
                     for entry in entries:
-                        if os.path.exists(os.path.join(entry.path, "link")):
+                        if os.path.exists(Layout.link_in(entry.path)):
                             return True
             except (FileNotFoundError, NotADirectoryError):
                 continue

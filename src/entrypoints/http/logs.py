@@ -161,7 +161,7 @@ def begin(request: Request) -> None:
     if given and _SANE_ID.fullmatch(given) and _MAY_HOLD_SECRET.search(given) is None:
         rid = given  # a client's own id (never one shaped like a token: it would be logged and echoed)
     else:
-        rid = f"{_id_prefix}{next(_id_count) & 0xFFFFFFFFFFFFFFFF:016x}"
+        rid = new_request_id()
     request.ctx.request_id = rid
     request_id_var.set(rid)
 
@@ -312,11 +312,8 @@ def _access_line_of_any(request: Request, status: int, nbytes: int | None, elaps
                         proxied: bool) -> bytes:
     """The access line of any request, made as a dict and dumped by orjson."""
     ctx = request.ctx
-    second = int(epoch)
     method, path, user = request.method, request.path, getattr(ctx, "user", None)
-    line = {"time": f"{_stamp_prefix if second == _stamp_second else _stamp_of(second)}."
-                    f"{int(epoch % 1 * 1000):03d}Z",
-            "level": "INFO", "logger": "myregistry.access", "pid": _pid,
+    line = {"time": timestamp(epoch), "level": "INFO", "logger": "myregistry.access", "pid": _pid,
             "request_id": getattr(ctx, "request_id", "-"), "message": "request", "method": method,
             "path": path, "status": status, "bytes": nbytes, "duration_ms": round(elapsed * 1000, 3),
             "remote": (request.remote_addr or request.ip) if proxied else request.ip, "user": user}

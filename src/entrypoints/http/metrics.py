@@ -199,11 +199,10 @@ def _mmapped_record(requests: Any, duration: Any, out: Any, received: Any) -> _R
         return None
     if None in slots or None in buckets or len(buckets) != len(bounds):
         return None
-    count_v, sum_v, out_v, in_v = (slot[0] for slot in slots)
+    count, total, out_slot, in_slot = slots
+    count_v, sum_v, out_v, in_v = count[0], total[0], out_slot[0], in_slot[0]
     generation = _generation
     fallback = _plain_record(requests, duration, out, received)
-
-    count, total, out_slot, in_slot = slots
     dirty = _dirty
 
     def record(seconds: float, nbytes: int, length: int) -> None:

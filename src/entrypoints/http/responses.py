@@ -23,12 +23,6 @@ class Response(HTTPResponse):
 
     __slots__ = ("request_id",)
 
-    @staticmethod
-    def _sanitize_header_value(value: str) -> str:
-        if "\r" in value or "\n" in value or "\x00" in value:
-            return value.translate(_HEADER_TABLE)
-        return value
-
     @property
     def processed_headers(self) -> list[tuple[bytes, bytes]]:
         if has_message_body(self.status):
@@ -40,7 +34,7 @@ class Response(HTTPResponse):
             if encoded is None:
                 encoded = _encoded_name(name)
             value = f"{value}"
-            if not value.isprintable() and ("\r" in value or "\n" in value or "\x00" in value):
+            if not value.isprintable():  # CR, LF and NUL are not: only then is there anything to drop
                 value = value.translate(_HEADER_TABLE)
             pairs.append((encoded, value.encode(errors="surrogateescape")))
         rid = getattr(self, "request_id", None)
@@ -55,8 +49,8 @@ _ENCODED_NAMES: dict[str, bytes] = {}
 
 
 def _encoded_name(name: str) -> bytes:
-    clean = name.translate(_HEADER_TABLE) if "\r" in name or "\n" in name or "\x00" in name else name
+    clean = name.translate(_HEADER_TABLE)
     encoded = clean.encode("ascii")
-    if clean is name and len(_ENCODED_NAMES) < 256:  # names the code uses: a handful
+    if clean == name and len(_ENCODED_NAMES) < 256:  # names the code uses: a handful
         _ENCODED_NAMES[name] = encoded
     return encoded
