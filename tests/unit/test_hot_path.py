@@ -393,3 +393,35 @@ def test_the_access_line_template_says_what_the_general_line_says(path, user, st
     general = logs._access_line_of_any(request, status, nbytes, elapsed, epoch, False)
     assert fast.endswith(b"\n") and fast.count(b"\n") == 1
     assert orjson.loads(fast) == orjson.loads(general)
+
+
+@given(piece=st.text(min_size=1, max_size=16), times=st.integers(300, 8000), user=st.none() | st.text(max_size=300))
+def test_every_access_line_fits_one_atomic_pipe_write(piece, times, user, tmp_path_factory):
+    """However long and however escaped a client's path (Sanic takes up to 8 KB), each line is written
+    in one write of at most PIPE_BUF bytes, so workers sharing a pipe never interleave their lines."""
+    path = (piece * times)[:8000]
+    out_dir = tmp_path_factory.mktemp("fit")
+    request = _Request("fit", path)
+    request.ctx.user = user
+    request.query_string = "n=" + "x" * 600
+    with open(out_dir / "log", "wb") as out:
+        written: list[int] = []
+        real_write = os.write
+
+        def counting_write(fd: int, data: bytes) -> int:
+            written.append(len(data))
+            return real_write(fd, data)
+
+        original_stdout, sys.stdout = sys.stdout, out
+        original_write, os.write = os.write, counting_write
+        original_level = logs.access.level
+        logs.access.setLevel(logging.INFO)
+        try:
+            logs._write(((request, 200, 10, 0.001, 1.7e9),))
+        finally:
+            sys.stdout, os.write = original_stdout, original_write
+            logs.access.setLevel(original_level)
+    line = orjson.loads((out_dir / "log").read_bytes())
+    assert written and max(written) <= 4096
+    assert line["status"] == 200 and path.startswith(line["path"])
+    assert line.get("truncated", False) is (len(logs._access_line(request, 200, 10, 0.001, 1.7e9)) > 4096)

@@ -249,7 +249,8 @@ def _write(batch: tuple) -> None:
     for request, status, nbytes, elapsed, epoch in batch:
         metrics.observe(request, status, nbytes, elapsed)
         if logging_on:
-            lines.append(_access_line(request, status, nbytes, elapsed, epoch))
+            data = _access_line(request, status, nbytes, elapsed, epoch)
+            lines.append(data if len(data) <= _PIPE_BUF else _shortened(data))
     metrics.publish()
     if not lines:
         return
@@ -273,6 +274,21 @@ def _write(batch: tuple) -> None:
 
 
 _PIPE_BUF = 4096
+_CLIENT_FIELDS = ("path", "query", "method", "user", "login_failed", "remote")
+_SHORT = 80  # characters kept of each client field of a line too long for one atomic write
+
+
+def _shortened(data: bytes) -> bytes:
+    """A line longer than PIPE_BUF (a 7 KB path, say) with its client fields cut, marked `truncated`:
+    every line goes out in one write of at most PIPE_BUF bytes, which a pipe never interleaves with
+    another worker's (even escaped six bytes a character, the cut fields fit)."""
+    line = orjson.loads(data)
+    for key in _CLIENT_FIELDS:
+        value = line.get(key)
+        if isinstance(value, str) and len(value) > _SHORT:
+            line[key] = value[:_SHORT]
+    line["truncated"] = True
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def _write_all(fd: int, data: bytes) -> None:
