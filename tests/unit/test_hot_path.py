@@ -332,10 +332,11 @@ def test_small_bodies_are_read_whole_and_large_ones_left_to_sendfile(tmp_path):
 
 
 class _Request:
-    """What logs.finish reads of a Sanic request."""
+    """What logs.finish reads of a Sanic request (protocol.RegistryRequest's slots included)."""
 
     def __init__(self, rid: str, status_path: str = "/v2/") -> None:
-        self.ctx = SimpleNamespace(request_id=rid)
+        self.request_id, self.user, self.login_failed = rid, None, None
+        self.streaming = self.logged = self.metrics_upload = False
         self.app = SimpleNamespace(ctx=SimpleNamespace(logs_proxied=False))
         self.method, self.path, self.ip, self.remote_addr, self.query_string = "GET", status_path, "127.0.0.1", "", ""
         self.transport = self.route = None
@@ -388,7 +389,7 @@ def test_access_lines_of_one_loop_turn_are_written_together_and_in_order(tmp_pat
 def test_the_access_line_template_says_what_the_general_line_says(path, user, status, nbytes, elapsed, epoch,
                                                                    rid, method):
     request = _Request(rid, path)
-    request.method, request.ctx.user = method, user
+    request.method, request.user = method, user
     fast = logs._access_line(request, status, nbytes, elapsed, epoch)
     general = logs._access_line_of_any(request, status, nbytes, elapsed, epoch, False)
     assert fast.endswith(b"\n") and fast.count(b"\n") == 1
@@ -402,7 +403,7 @@ def test_every_access_line_fits_one_atomic_pipe_write(piece, times, user, tmp_pa
     path = (piece * times)[:8000]
     out_dir = tmp_path_factory.mktemp("fit")
     request = _Request("fit", path)
-    request.ctx.user = user
+    request.user = user
     request.query_string = "n=" + "x" * 600
     with open(out_dir / "log", "wb") as out:
         written: list[int] = []

@@ -272,9 +272,9 @@ async def _identify(access: Access, request: Request) -> Caller:
             if pair is None:
                 raise Unauthorized("the Basic credentials are not base64 of user:password")
             if pair != NO_CREDENTIALS:
-                request.ctx.login_failed = pair[0]  # until the login succeeds
+                request.login_failed = pair[0]  # until the login succeeds
                 who = await access.login(pair[0], pair[1], client_address(request))
-                request.ctx.login_failed = None
+                request.login_failed = None
                 return RulesCaller(who, rules)
         # Another scheme than the mode's: as if none were given, so the challenge says which to use.
     if access.certificate_user is not None:
@@ -314,7 +314,7 @@ async def authorize(request: Request) -> HTTPResponse | None:
     need = _need(request)
     if need is None:
         return None  # no such route: Sanic answers 404
-    request.ctx.caller = OPEN
+    request.caller = OPEN
     if need is Need.PUBLIC:
         return None
     access: Access = request.app.ctx.access
@@ -326,8 +326,8 @@ async def authorize(request: Request) -> HTTPResponse | None:
                              "invalid_token" if access.mode == "token" else None)
     except TooManyAttempts as err:
         return error_response(429, err.code, err.message, None, {"Retry-After": str(int(err.retry_after) + 1)})
-    request.ctx.caller = caller
-    request.ctx.user = caller.user
+    request.caller = caller
+    request.user = caller.user
     if _allowed(caller, need, repo, request):
         return None
     if access.mode == "token" or caller.user is None:
@@ -392,7 +392,8 @@ def client_address(request: Request) -> str:
 
 
 def caller_of(request: Request) -> Caller:
-    return getattr(request.ctx, "caller", OPEN)
+    caller = getattr(request, "caller", None)
+    return OPEN if caller is None else caller
 
 
 def install(app: Sanic, access: Access | None) -> None:

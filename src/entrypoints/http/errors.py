@@ -114,6 +114,6 @@ def install(app) -> None:
     @app.exception(Exception)
     async def unexpected(request: Request, err: Exception) -> HTTPResponse:
         log.exception("unexpected error handling %s %s", request.method, request.path[:200])
-        rid = getattr(request.ctx, "request_id", "-")
+        rid = getattr(request, "request_id", "-")
         return error_response(500, "UNKNOWN", f"internal error; the registry's log has the details under "
                                               f"request id {rid}")

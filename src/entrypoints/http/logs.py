@@ -102,7 +102,7 @@ def _forked() -> None:
 
 
 def new_request_id() -> str:
-    return f"{_id_prefix}{next(_id_count) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return f"{_id_prefix}{next(_id_count):016x}"  # 2**32 to start: 16 digits for ever
 
 
 os.register_at_fork(after_in_child=_forked)
@@ -162,7 +162,7 @@ def begin(request: Request) -> None:
         rid = given  # a client's own id (never one shaped like a token: it would be logged and echoed)
     else:
         rid = new_request_id()
-    request.ctx.request_id = rid
+    request.request_id = rid
     request_id_var.set(rid)
 
 
@@ -209,17 +209,18 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
     under load, measured). A client sending one request at a time finds its line in the log when its
     answer arrives, as before. A kill -9 can lose the lines of the answers of the last turn."""
     global _turn_loop
-    ctx = request.ctx
-    if getattr(ctx, "logged", False):
+    if getattr(request, "logged", False):
         return
-    ctx.logged = True
+    request.logged = True
     now = time.perf_counter()
-    record = (request, status, nbytes, now - (arrival(request) or now), time.time())
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:  # no event loop (a script): nothing to wait for
-        _write((record,))
-        return
+    arrived, loop = arrival(request)
+    record = (request, status, nbytes, now - (arrived or now), time.time())
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script): nothing to wait for
+            _write((record,))
+            return
     if loop is _turn_loop:
         _pending.append(record)
         if len(_pending) >= _BATCH_MAX:
@@ -305,18 +306,17 @@ _LINE = (b'{"time":"%b.%03dZ","level":"INFO","logger":"myregistry.access","pid":
 
 
 def _access_line(request: Request, status: int, nbytes: int | None, elapsed: float, epoch: float) -> bytes:
-    ctx = request.ctx
     app = request.app
     proxied = getattr(app.ctx, "logs_proxied", None)
     if proxied is None:
         proxied = _proxied(app)
-    method, path, user = request.method, request.path, getattr(ctx, "user", None)
+    method, path, user = request.method, request.path, getattr(request, "user", None)
     if (proxied or method not in _PLAIN_METHODS or request.query_string
-            or getattr(ctx, "login_failed", None) is not None):
+            or getattr(request, "login_failed", None) is not None):
         return _access_line_of_any(request, status, nbytes, elapsed, epoch, proxied)
     second = int(epoch)
     data = _LINE % ((_stamp_prefix if second == _stamp_second else _stamp_of(second)).encode(),
-                    int(epoch % 1 * 1000), _pid, getattr(ctx, "request_id", "-").encode(), method.encode(),
+                    int(epoch % 1 * 1000), _pid, getattr(request, "request_id", "-").encode(), method.encode(),
                     orjson.dumps(path), status, b"null" if nbytes is None else b"%d" % nbytes, elapsed * 1000,
                     request.ip.encode(), b"null" if user is None else orjson.dumps(user))
     if _may_hold_secret(path) or (user is not None and _may_hold_secret(user)):
@@ -327,10 +327,9 @@ def _access_line(request: Request, status: int, nbytes: int | None, elapsed: flo
 def _access_line_of_any(request: Request, status: int, nbytes: int | None, elapsed: float, epoch: float,
                         proxied: bool) -> bytes:
     """The access line of any request, made as a dict and dumped by orjson."""
-    ctx = request.ctx
-    method, path, user = request.method, request.path, getattr(ctx, "user", None)
+    method, path, user = request.method, request.path, getattr(request, "user", None)
     line = {"time": timestamp(epoch), "level": "INFO", "logger": "myregistry.access", "pid": _pid,
-            "request_id": getattr(ctx, "request_id", "-"), "message": "request", "method": method,
+            "request_id": getattr(request, "request_id", "-"), "message": "request", "method": method,
             "path": path, "status": status, "bytes": nbytes, "duration_ms": round(elapsed * 1000, 3),
             "remote": (request.remote_addr or request.ip) if proxied else request.ip, "user": user}
     # Where a client's text reaches the line and might be a token: the path, an odd method, the user,
@@ -338,7 +337,7 @@ def _access_line_of_any(request: Request, status: int, nbytes: int | None, elaps
     # is redacted on its own.) Tested on those few short strings, not on the whole line.
     suspect = (_may_hold_secret(path) or method not in _PLAIN_METHODS or proxied
                or (user is not None and _may_hold_secret(user)))
-    failed = getattr(ctx, "login_failed", None)
+    failed = getattr(request, "login_failed", None)
     if failed is not None:  # the name a refused login gave (an audit trail of guessing)
         line["login_failed"] = failed[:128]
         suspect = True
@@ -358,17 +357,16 @@ def on_response(request: Request, response: HTTPResponse) -> None:
     """Every answer, as Sanic connects it to its request (protocol.RegistryHttp.respond), before its
     headers go out: the request id and API version headers, and the access line unless a body is
     still to be streamed (send_stream finishes those)."""
-    ctx = request.ctx
-    rid = getattr(ctx, "request_id", None)
-    if rid is None:  # a request that protocol.RegistryRequest did not make
+    rid = getattr(request, "request_id", None)
+    if rid is None:  # a request whose making failed before its bookkeeping began
         begin(request)
-        rid = ctx.request_id
+        rid = request.request_id
     headers = response.headers
     if type(response) is Response:
         response.request_id = rid  # its headers add these as bytes
     else:  # a response made by Sanic or a library
         headers["X-Request-ID"] = rid
         headers["Docker-Distribution-API-Version"] = "registry/2.0"
-    if not getattr(ctx, "streaming", False):
+    if not getattr(request, "streaming", False):
         length = headers.get("content-length")
         finish(request, response.status, int(length) if length else len(response.body or b""))

@@ -272,7 +272,7 @@ def _route_info(request: Request) -> tuple[str, bool]:
 def upload_started(request: Request) -> None:
     """The uploads blueprint's request middleware: an upload request begins receiving its body."""
     if request.method in _BODY_METHODS and _route_info(request)[1] and _M is not None:
-        request.ctx.metrics_upload = True
+        request.metrics_upload = True
         _M.uploads.inc()
 
 
@@ -288,9 +288,8 @@ def observe(request: Request, status: int, nbytes: int | None, seconds: float) -
     record = m.series.get((route, method, status)) or m.series_for(route, method, status)
     length = request.headers.get("content-length")
     record(seconds, nbytes or 0, int(length) if length and length.isdigit() else 0)
-    ctx = request.ctx
-    if getattr(ctx, "metrics_upload", False):
-        ctx.metrics_upload = False
+    if getattr(request, "metrics_upload", False):
+        request.metrics_upload = False
         m.uploads.dec()
 
 

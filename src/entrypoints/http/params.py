@@ -147,7 +147,7 @@ async def send_stream(request: Request, status: int, headers: dict[str, str], co
                       chunks: AsyncIterator[bytes] | None) -> None:
     """Send a large body: with sendfile when the store's stream is a local file region, otherwise piece
     by piece from the stream (measured faster than Sanic's file helpers)."""
-    request.ctx.streaming = True
+    request.streaming = True
     sent = 0
     region = file_region(chunks)
     f = None
@@ -177,7 +177,7 @@ async def send_stream(request: Request, status: int, headers: dict[str, str], co
         if nothing_sent(request):
             # Nothing of this answer went out (the stream failed before its first byte: a blob file gone
             # or unreadable): Sanic's error answer replaces it, and is logged as any answer is.
-            request.ctx.streaming = False
+            request.streaming = False
             logged = None
         raise
     except BaseException:  # cancelled: sent piece by piece (TLS, no local file), a hang-up shows up so

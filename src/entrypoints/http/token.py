@@ -65,8 +65,8 @@ def _refused(err: Exception) -> HTTPResponse:
 
 def _logged(request: Request, token: IssuedToken) -> IssuedToken:
     """The access log line of a token request names who got the token."""
-    request.ctx.login_failed = None
-    request.ctx.user = token.subject
+    request.login_failed = None
+    request.user = token.subject
     return token
 
 
@@ -92,7 +92,7 @@ async def get_token(request: Request) -> HTTPResponse:
         if account and account != pair[0]:
             raise Unauthorized("the account parameter names another user than the credentials")
         offline = request.args.get("offline_token", "").lower() == "true"
-        request.ctx.login_failed = pair[0]  # until the login succeeds
+        request.login_failed = pair[0]  # until the login succeeds
         token = await issue.with_password(pair[0], pair[1], _address(request), scopes, offline)
     except (Unauthorized, TooManyAttempts) as err:
         return _refused(err)
@@ -120,7 +120,7 @@ async def post_token(request: Request) -> HTTPResponse:
     grant_type = one("grant_type")
     try:
         if grant_type == "password":
-            request.ctx.login_failed = one("username")  # until the login succeeds
+            request.login_failed = one("username")  # until the login succeeds
             token = await issue.with_password(one("username"), one("password"), _address(request), scopes,
                                               offline=one("access_type") == "offline")
         elif grant_type == "refresh_token":
