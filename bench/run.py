@@ -651,15 +651,23 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _round_ratios(ours: list[float], other: list[float]) -> list[float]:
+    """ours/other round by round: each round measures the two one after the other on the same machine
+    load (small_round rotates their order), so pairing them leaves out what moved between rounds."""
+    return [a / b for a, b in zip(ours, other) if b] if len(ours) == len(other) else []
+
+
 def report(samples: dict, limits: dict, sizes: Sizes, out_dir: str, workers: dict[str, int],
            only: str | None = None) -> dict:
     rows = []
     for metric, values in samples.items():
         medians = {who: _median(values.get(who, [])) for who in TARGETS}
+        by_round = _round_ratios(values.get("ours", []), values.get("bare_sanic", []))
         rows.append({"metric": metric, "ours": medians["ours"], "distribution": medians["distribution"],
                      "ratio": _ratio(medians["ours"], medians["distribution"]),
                      "bare_sanic": medians["bare_sanic"], "nginx": medians["nginx"],
                      "ours_per_bare_sanic": _ratio(medians["ours"], medians["bare_sanic"]),
+                     "ours_per_bare_sanic_by_round": by_round,
                      "ours_per_nginx": _ratio(medians["ours"], medians["nginx"]),
                      "better": "lower" if metric.endswith(LOWER_IS_BETTER) else "higher",
                      "samples": {who: v for who, v in values.items() if v}})
@@ -692,15 +700,17 @@ def report(samples: dict, limits: dict, sizes: Sizes, out_dir: str, workers: dic
                   "app answering the same manifest from memory (the framework), nginx serving it as a static "
                   "file (the machine).", "",
                   "| request | ours rps | Distribution rps | bare Sanic rps | nginx rps | ours/Distribution | "
-                  "ours/bare Sanic | ours/nginx | p99 ms ours | p99 Distribution | p99 bare Sanic | p99 nginx |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "ours/bare Sanic | ours/bare Sanic by round: median (range) | ours/nginx | p99 ms ours | "
+                  "p99 Distribution | p99 bare Sanic | p99 nginx |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for label in SMALL_REQUESTS:
             rps, p99 = by_metric.get(f"{label} rps"), by_metric.get(f"{label} p99_ms")
             if rps is None or p99 is None:
                 continue
             lines.append(f"| {label} | {_fmt(rps['ours'])} | {_fmt(rps['distribution'])} | {_fmt(rps['bare_sanic'])}"
                          f" | {_fmt(rps['nginx'])} | {_fmt_ratio(rps['ratio'])} | "
-                         f"{_fmt_ratio(rps['ours_per_bare_sanic'])} | {_fmt_ratio(rps['ours_per_nginx'])} | "
+                         f"{_fmt_ratio(rps['ours_per_bare_sanic'])} | "
+                         f"{_fmt_rounds(rps['ours_per_bare_sanic_by_round'])} | {_fmt_ratio(rps['ours_per_nginx'])} | "
                          f"{_fmt(p99['ours'])} | {_fmt(p99['distribution'])} | {_fmt(p99['bare_sanic'])} | "
                          f"{_fmt(p99['nginx'])} |")
     markdown = "\n".join(lines) + "\n"
@@ -712,6 +722,12 @@ def report(samples: dict, limits: dict, sizes: Sizes, out_dir: str, workers: dic
 
 def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _fmt_rounds(ratios: list[float]) -> str:
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def _fmt(value: float | None) -> str:
