@@ -426,3 +426,31 @@ def test_every_access_line_fits_one_atomic_pipe_write(piece, times, user, tmp_pa
     assert written and max(written) <= 4096
     assert line["status"] == 200 and path.startswith(line["path"])
     assert line.get("truncated", False) is (len(logs._access_line(request, 200, 10, 0.001, 1.7e9)) > 4096)
+
+
+def test_a_request_finished_after_its_event_loop_stopped_or_closed_is_logged_at_once(tmp_path, monkeypatch):
+    """The loop comes from the request's protocol (cheaper than asking asyncio); a request finished
+    when that loop no longer runs (a handler closed after its worker's loop stopped) has no end of turn
+    to wait for: its line is written at once, never lost to an error or left waiting."""
+    out = open(tmp_path / "log", "w")
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(logs.access, "level", logging.INFO)
+    monkeypatch.setattr(logs, "_turn_loop", None)
+
+    def finished(rid: str, loop: asyncio.AbstractEventLoop) -> None:
+        request = _Request(rid)
+        request.stream = SimpleNamespace(protocol=SimpleNamespace(_arrived=None, loop=loop))
+        logs.finish(request, 499, 0)
+
+    stopped = asyncio.new_event_loop()
+    closed = asyncio.new_event_loop()
+    closed.close()
+    try:
+        finished("stopped-1", stopped)
+        finished("stopped-2", stopped)
+        finished("closed", closed)
+    finally:
+        stopped.close()
+        out.close()
+    ids = [orjson.loads(line)["request_id"] for line in (tmp_path / "log").read_text().splitlines()]
+    assert ids == ["stopped-1", "stopped-2", "closed"]

@@ -215,10 +215,10 @@ def finish(request: Request, status: int, nbytes: int | None) -> None:
     now = time.perf_counter()
     arrived, loop = arrival(request)
     record = (request, status, nbytes, now - (arrived or now), time.time())
-    if loop is None:
+    if loop is None or not loop.is_running():  # the protocol's loop stopped or closed: no turn will end
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (a script): nothing to wait for
+        except RuntimeError:  # no event loop (a script, a stopped server): nothing to wait for
             _write((record,))
             return
     if loop is _turn_loop:
