@@ -236,7 +236,7 @@ class Layout:
         return os.path.join(self.v2, f".ready-probe-{os.getpid()}")
 
     def is_repository(self, path: str) -> bool:
-        return os.path.isdir(os.path.join(path, "_layers")) or os.path.isdir(os.path.join(path, "_manifests"))
+        return any(os.path.isdir(os.path.join(path, part)) for part in _REPOSITORY_PARTS)
 
     def repository_names(self) -> list[str]:
         """Every repository under the root (a directory holding `_layers` or `_manifests`), by name. One
